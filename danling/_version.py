@@ -1,0 +1,3 @@
+"""Version of DanLing."""
+
+__version__ = "0.1.0"

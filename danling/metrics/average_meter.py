@@ -1,0 +1,347 @@
+"""Running averages of values such as the loss or the time per step, per process and across processes.
+
+A meter keeps the last value, a sample-weighted running sum and the sample count. Updating is cheap and never
+waits for an accelerator: a tensor is kept as a detached tensor and converted to a Python float only when a value
+is read. The reads `val`, `avg`, `sum` and `value()` are local to this process; `batch()` and `average()` combine
+every process through [`danling.utils.distributed`][danling.utils.distributed] and are collective (call them on
+every process, in the same order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from math import nan
+from typing import Any
+
+import torch
+from chanfig import DefaultDict, FlatDict, NestedDict
+from torch import Tensor
+
+from ..utils.distributed import all_gather_object, all_reduce_sum, is_distributed
+
+__all__ = [
+    "AverageMeter",
+    "AverageMeters",
+    "BaseMeter",
+    "BaseMeters",
+    "BaseMultiTaskMeters",
+    "MultiTaskAverageMeters",
+    "synchronise_meters",
+]
+
+
+class BaseMeter:
+    """State and reads shared by every meter: the last value, the running sum and the sample count.
+
+    Subclasses decide how values arrive and feed them to `accumulate`.
+
+    Attributes:
+        count: Number of samples seen since the last reset.
+    """
+
+    __slots__ = ("_sum", "_val", "count")
+
+    def __init__(self) -> None:
+        self._val: float | Tensor | None = None
+        self._sum: float | Tensor = 0.0
+        self.count: int = 0
+
+    def reset(self) -> None:
+        """Forget every value seen."""
+        self._val = None
+        self._sum = 0.0
+        self.count = 0
+
+    def accumulate(self, value: float | Tensor, n: int = 1) -> None:
+        """Record `value`, the mean of `n` samples, without synchronising with the device.
+
+        Args:
+            value: A number or a one-element tensor.
+            n: Number of samples `value` is the mean of.
+
+        Raises:
+            ValueError: If `value` is a tensor with more than one element.
+        """
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"a meter takes one value per update, got a tensor of shape {tuple(value.shape)}")
+            value = value.detach()
+            total = self._sum
+            if isinstance(total, Tensor):
+                total.add_(value, alpha=n)
+            else:
+                # float64 so long runs of float32 or half precision values do not lose the sum; the copy keeps the
+                # in-place updates from ever writing into the caller's tensor.
+                self._sum = value.to(torch.float64, copy=True).mul_(n).add_(total)
+        else:
+            self._sum += value * n
+        self._val = value
+        self.count += n
+
+    @property
+    def val(self) -> float:
+        """The last value, `nan` before the first update."""
+        return nan if self._val is None else float(self._val)
+
+    @property
+    def sum(self) -> float:
+        """Sum of the values weighted by their sample counts."""
+        return float(self._sum)
+
+    @property
+    def avg(self) -> float:
+        """Sample-weighted mean of the values, `nan` before the first sample."""
+        return self.sum / self.count if self.count else nan
+
+    def value(self) -> float:
+        """The last value on this process (same as `val`)."""
+        return self.val
+
+    def batch(self) -> float:
+        """The last value, averaged over every process; collective."""
+        return synchronise_meters([self])[0][0]
+
+    def average(self) -> float:
+        """Sample-weighted mean over every process: the sum of sums over the sum of counts; collective."""
+        return synchronise_meters([self])[1][0]
+
+    def __format__(self, format_spec: str) -> str:
+        return f"{self.val:{format_spec}} ({self.avg:{format_spec}})"
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(val={self.val}, avg={self.avg}, count={self.count})"
+
+
+class AverageMeter(BaseMeter):
+    """Running average of a value, such as the loss, weighted by the number of samples behind each value.
+
+    Examples:
+        >>> meter = AverageMeter()
+        >>> meter.update(0.8, n=2)
+        >>> meter.update(torch.tensor(0.5), n=6)
+        >>> meter.val, meter.avg, meter.count
+        (0.5, 0.575, 8)
+        >>> f"{meter:.4f}"
+        '0.5000 (0.5750)'
+        >>> meter.value(), meter.average()
+        (0.5, 0.575)
+        >>> meter.reset()
+        >>> meter.avg
+        nan
+    """
+
+    __slots__ = ()
+
+    def update(self, value: float | Tensor, n: int = 1) -> None:
+        """Record `value`, the mean of `n` samples; a tensor stays on its device until a value is read.
+
+        Args:
+            value: A number or a one-element tensor.
+            n: Number of samples `value` is the mean of.
+        """
+        self.accumulate(value, n)
+
+
+def synchronise_meters(meters: Sequence[BaseMeter | None]) -> tuple[list[float], list[float]]:
+    """The last value (mean over processes) and the sample-weighted average over processes of each meter.
+
+    On a single process these are each meter's `val` and `avg`. Across processes the call is collective; `None`
+    stands for a meter that this process does not hold and contributes nothing.
+
+    Args:
+        meters: Meters in the same order on every process.
+
+    Returns:
+        A list of last values and a list of averages, in the order of `meters`.
+    """
+    if not is_distributed():
+        return [nan if m is None else m.val for m in meters], [nan if m is None else m.avg for m in meters]
+    rows = [[0.0, 0.0, 0.0, 0.0] if m is None else _stats(m) for m in meters]
+    totals = all_reduce_sum(torch.tensor(rows, dtype=torch.float64).reshape(-1, 4)).tolist()
+    batch = [value / seen if seen else nan for value, seen, _, _ in totals]
+    average = [total / count if count else nan for _, _, total, count in totals]
+    return batch, average
+
+
+def _stats(meter: BaseMeter) -> list[float]:
+    has_value = meter._val is not None
+    return [meter.val if has_value else 0.0, float(has_value), meter.sum, float(meter.count)]
+
+
+def _union(keys: list[str]) -> list[str]:
+    """Every process's keys, in one order shared by all processes (rank by rank, first appearance)."""
+    if not is_distributed():
+        return keys
+    merged: dict[str, None] = {}
+    for other in all_gather_object(keys):
+        merged.update(dict.fromkeys(other))
+    return list(merged)
+
+
+def iter_meters(mapping: Mapping, prefix: str = "") -> Iterator[tuple[str, BaseMeter]]:
+    """Every meter in a (possibly nested) mapping, with its dotted key."""
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, BaseMeter):
+            yield name, value
+        elif isinstance(value, Mapping):
+            yield from iter_meters(value, f"{name}.")
+
+
+class _MeterReads:
+    """Reads shared by flat and nested collections of meters; `_result` builds the mapping they return."""
+
+    def _meters(self) -> list[tuple[str, BaseMeter]]:
+        return list(iter_meters(self))  # type: ignore[arg-type]
+
+    def _result(self, items: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    @property
+    def sum(self) -> Any:
+        """Each meter's `sum`."""
+        return self._result({key: meter.sum for key, meter in self._meters()})
+
+    @property
+    def count(self) -> Any:
+        """Each meter's `count`."""
+        return self._result({key: meter.count for key, meter in self._meters()})
+
+    @property
+    def val(self) -> Any:
+        """Each meter's last value."""
+        return self._result({key: meter.val for key, meter in self._meters()})
+
+    @property
+    def avg(self) -> Any:
+        """Each meter's local average."""
+        return self._result({key: meter.avg for key, meter in self._meters()})
+
+    def value(self) -> Any:
+        """Each meter's last value on this process."""
+        return self.val
+
+    def batch(self) -> Any:
+        """Each meter's last value, averaged over every process; collective."""
+        return self._result(self._synchronise(0))
+
+    def average(self) -> Any:
+        """Each meter's sample-weighted mean over every process; collective."""
+        return self._result(self._synchronise(1))
+
+    def _synchronise(self, which: int) -> dict[str, float]:
+        local = dict(self._meters())
+        keys = _union(list(local))
+        # A process that never saw a meter still joins the reduction, so every process reduces the same keys.
+        values = synchronise_meters([local.get(key) for key in keys])[which]
+        return dict(zip(keys, values))
+
+    def reset(self) -> None:
+        """Reset every meter, keeping them."""
+        for _, meter in self._meters():
+            meter.reset()
+
+    def __format__(self, format_spec: str) -> str:
+        return "\t".join(f"{key}: {meter:{format_spec}}" for key, meter in self._meters())
+
+
+class BaseMeters(_MeterReads, DefaultDict):
+    """A flat dict of meters whose reads (`val`, `avg`, `value()`, `average()`, ...) return `FlatDict`s."""
+
+    def _result(self, items: Mapping[str, Any]) -> FlatDict:
+        return FlatDict(items)
+
+
+class AverageMeters(BaseMeters):
+    """A dict of [`AverageMeter`][danling.metrics.AverageMeter]s, each created on first use.
+
+    Examples:
+        >>> meters = AverageMeters()
+        >>> meters.update(loss=0.5, acc=(0.9, 4))
+        >>> meters.update({"loss": torch.tensor(0.25)})
+        >>> meters.avg.dict()
+        {'loss': 0.375, 'acc': 0.9}
+        >>> f"{meters:.4f}"
+        'loss: 0.2500 (0.3750)\\tacc: 0.9000 (0.9000)'
+        >>> meters.average().dict(), meters.count.dict()
+        ({'loss': 0.375, 'acc': 0.9}, {'loss': 2, 'acc': 4})
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(AverageMeter, *args, **kwargs)
+
+    def update(self, *args: Mapping[str, Any], **values: Any) -> None:  # type: ignore[override]
+        """Update the meters named by the keys, creating those that do not exist.
+
+        Args:
+            *args: Mappings from names to values.
+            **values: Names to values. A value is a number or a one-element tensor (one sample), or a pair
+                `(value, n)` where `value` is the mean of `n` samples.
+        """
+        for mapping in (*args, values):
+            for name, value in mapping.items():
+                meter = dict.get(self, name)
+                if meter is None:
+                    meter = self[name]
+                if isinstance(value, tuple):
+                    meter.update(*value)
+                else:
+                    meter.update(value)
+
+
+class BaseMultiTaskMeters(_MeterReads, NestedDict):
+    """A nested dict of meters, keyed by task, whose reads return `NestedDict`s.
+
+    Keys are dotted paths: `meters["task1.loss"]` is `meters["task1"]["loss"]`.
+    """
+
+    def _result(self, items: Mapping[str, Any]) -> NestedDict:
+        return NestedDict(items)
+
+
+class MultiTaskAverageMeters(BaseMultiTaskMeters):
+    """[`AverageMeter`][danling.metrics.AverageMeter]s nested by task, each created on first use.
+
+    Examples:
+        >>> meters = MultiTaskAverageMeters()
+        >>> meters.update({"task1.loss": 0.25, "task2": {"loss": 0.75}})
+        >>> meters.update({"task1": {"loss": (0.5, 3)}})
+        >>> meters.average().dict()
+        {'task1': {'loss': 0.4375}, 'task2': {'loss': 0.75}}
+        >>> f"{meters:.2f}"
+        'task1.loss: 0.50 (0.44)\\ttask2.loss: 0.75 (0.75)'
+        >>> meters["task1"].avg.dict()
+        {'loss': 0.4375}
+    """
+
+    def update(self, *args: Mapping[str, Any], **values: Any) -> None:  # type: ignore[override]
+        """Update the meters named by dotted keys or nested mappings, creating those that do not exist.
+
+        Args:
+            *args: Mappings from (dotted) names, or task names to nested mappings, to values.
+            **values: Names to values. A value is a number or a one-element tensor (one sample), or a pair
+                `(value, n)` where `value` is the mean of `n` samples.
+
+        Raises:
+            TypeError: If a key names a task rather than a meter.
+        """
+        for mapping in (*args, values):
+            for name, value in _flatten(mapping):
+                meter = NestedDict.get(self, name, None)
+                if meter is None:
+                    meter = AverageMeter()
+                    NestedDict.set(self, name, meter)
+                elif not isinstance(meter, AverageMeter):
+                    raise TypeError(f"{name!r} holds {type(meter).__name__}, not an AverageMeter")
+                if isinstance(value, tuple):
+                    meter.update(*value)
+                else:
+                    meter.update(value)
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

@@ -1,0 +1,235 @@
+"""Metrics over every prediction seen: predictions and targets are stored, and metrics computed on demand.
+
+`update` only keeps references to detached tensors, so it is cheap and never waits for the device. `value()`
+computes the metrics on the last batch and `average()` on everything since `reset()`; across processes both gather
+the predictions of every process first, so the numbers equal those of one process holding all the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from math import nan
+from typing import Any
+
+import torch
+from chanfig import FlatDict, NestedDict
+from torch import Tensor
+
+from ..utils.distributed import all_gather_object, gather_tensor, is_distributed
+from .multitask import MISSING, add_tasks, iter_tasks, lookup
+
+__all__ = ["Metrics", "MultiTaskMetrics"]
+
+Preprocess = Callable[[Any, Any], tuple[Any, Any]]
+
+
+class Metrics:
+    """Named metric functions over stored predictions and targets.
+
+    Batches are stored by reference (detached, not copied): do not modify them in place after `update`. They must
+    agree in every dimension but the first. The factories in [`danling.metrics.factory`][danling.metrics.factory]
+    build the usual sets.
+
+    Args:
+        *args: Mappings from names to metric functions `(input, target) -> value`.
+        preprocess: A function `(input, target) -> (input, target)` applied to the (gathered) predictions once
+            before the metrics, for instance to reshape them or drop ignored targets.
+        **metrics: Names to metric functions.
+
+    Attributes:
+        metrics: The metric functions by name.
+        preprocess: The preprocess function, if any.
+
+    Examples:
+        >>> from functools import partial
+        >>> from danling.metrics.functional import accuracy, auroc
+        >>> metrics = Metrics(auroc=partial(auroc, task="binary"), acc=partial(accuracy, task="binary"))
+        >>> metrics.update(torch.tensor([0.2, 0.9, 0.6]), torch.tensor([0, 1, 0]))
+        >>> metrics.update(torch.tensor([0.7, 0.1]), torch.tensor([1, 1]))
+        >>> metrics.value().dict()
+        {'auroc': nan, 'acc': 0.5}
+        >>> metrics.average().dict()
+        {'auroc': 0.5, 'acc': 0.6}
+        >>> f"{metrics:.4f}"
+        'auroc: nan (0.5000)\\tacc: 0.5000 (0.6000)'
+        >>> metrics.input, metrics.target
+        (tensor([0.2000, 0.9000, 0.6000, 0.7000, 0.1000]), tensor([0, 1, 0, 1, 1]))
+    """
+
+    def __init__(
+        self, *args: Mapping[str, Callable], preprocess: Preprocess | None = None, **metrics: Callable
+    ) -> None:
+        self.metrics: dict[str, Callable] = dict(*args, **metrics)
+        self.preprocess = preprocess
+        self._inputs: list[Tensor] = []
+        self._targets: list[Tensor] = []
+        self._last: tuple[Tensor, Tensor] | None = None
+
+    def update(self, input: Any, target: Any) -> None:
+        """Store one batch of predictions and targets; nothing is computed and the device is not waited for.
+
+        Args:
+            input: Predictions of the batch.
+            target: Targets of the batch.
+        """
+        input, target = _detach(input), _detach(target)
+        self._inputs.append(input)
+        self._targets.append(target)
+        self._last = (input, target)
+
+    def reset(self) -> None:
+        """Forget every stored batch."""
+        self._inputs, self._targets, self._last = [], [], None
+
+    @property
+    def input(self) -> Tensor | None:
+        """Every prediction stored on this process, concatenated (`None` before the first update)."""
+        return self._stored()[0]
+
+    @property
+    def target(self) -> Tensor | None:
+        """Every target stored on this process, concatenated (`None` before the first update)."""
+        return self._stored()[1]
+
+    def compute(self, input: Tensor | None, target: Tensor | None) -> FlatDict:
+        """Every metric on `input` and `target` (after `preprocess`), as floats; `nan` for each when there is no data.
+
+        A metric returning one value per class (`average=None`) gives a list of floats.
+        """
+        if input is None or target is None:
+            return FlatDict(dict.fromkeys(self.metrics, nan))
+        if self.preprocess is not None:
+            input, target = self.preprocess(input, target)
+        return FlatDict({name: _to_python(metric(input, target)) for name, metric in self.metrics.items()})
+
+    def value(self) -> FlatDict:
+        """The metrics on the last batch of every process; collective."""
+        return self.compute(*_gather(*(self._last or (None, None))))
+
+    def average(self) -> FlatDict:
+        """The metrics on every batch of every process since the last reset; collective."""
+        return self.compute(*_gather(*self._stored()))
+
+    def _stored(self) -> tuple[Tensor | None, Tensor | None]:
+        if not self._inputs:
+            return None, None
+        if len(self._inputs) > 1:
+            # Replacing the batches by their concatenation keeps one copy alive instead of two, and makes later
+            # reads cheaper; the last batch stays referenced through `_last`.
+            self._inputs = [torch.cat(self._inputs)]
+            self._targets = [torch.cat(self._targets)]
+        return self._inputs[0], self._targets[0]
+
+    def __format__(self, format_spec: str) -> str:
+        # Formatting is for logs, which may be written by one process only, so it must not be collective: the
+        # values are this process's own (use `value()` and `average()` for every process's).
+        last = self.compute(*(self._last or (None, None)))
+        overall = self.compute(*self._stored())
+        return "\t".join(
+            f"{name}: {_format(last[name], format_spec)} ({_format(overall[name], format_spec)})"
+            for name in self.metrics
+        )
+
+    def __repr__(self) -> str:
+        samples = sum(len(batch) for batch in self._targets)
+        return f"{self.__class__.__name__}({', '.join(self.metrics)}; {samples} samples)"
+
+
+class MultiTaskMetrics(NestedDict):
+    """[`Metrics`][danling.metrics.Metrics] by task, fed dicts of predictions and targets keyed by task.
+
+    `update(input, target)` takes the same two arguments as `Metrics.update`, each a mapping from task name to
+    tensor, as a multi-task model and data loader produce them. Task names may be dotted (`"cls.a"`) and the
+    mappings flat or nested.
+
+    Args:
+        *args: Mappings from task names to `Metrics`.
+        **tasks: Task names to `Metrics`.
+
+    Examples:
+        >>> from danling.metrics import binary_metrics, regression_metrics
+        >>> metrics = MultiTaskMetrics(spam=binary_metrics(), price=regression_metrics())
+        >>> metrics.update(
+        ...     {"spam": torch.tensor([0.2, 0.9, 0.6]), "price": torch.tensor([1.0, 2.0, 3.0])},
+        ...     {"spam": torch.tensor([0, 1, 1]), "price": torch.tensor([1.5, 2.0, 3.5])},
+        ... )
+        >>> result = metrics.average()
+        >>> round(result["spam.auroc"], 4), round(result["price.pearson"], 4)
+        (1.0, 0.9820)
+    """
+
+    def __init__(self, *args: Mapping[str, Metrics], **tasks: Metrics) -> None:
+        super().__init__()
+        add_tasks(self, dict(*args, **tasks))
+
+    def update(self, input: Mapping[str, Any], target: Mapping[str, Any]) -> None:  # type: ignore[override]
+        """Store one batch for every task whose name is in both `input` and `target`; other tasks are left alone.
+
+        Args:
+            input: Predictions by task name.
+            target: Targets by task name.
+        """
+        for name, metrics in iter_tasks(self, Metrics):
+            task_input, task_target = lookup(input, name), lookup(target, name)
+            if task_input is not MISSING and task_target is not MISSING:
+                metrics.update(task_input, task_target)
+
+    def reset(self) -> None:
+        """Forget every stored batch of every task."""
+        for _, metrics in iter_tasks(self, Metrics):
+            metrics.reset()
+
+    def value(self) -> NestedDict:
+        """`{task: {metric: value}}` on the last batch of every process; collective."""
+        return self._collect(Metrics.value)
+
+    def average(self) -> NestedDict:
+        """`{task: {metric: value}}` on every batch of every process since the last reset; collective."""
+        return self._collect(Metrics.average)
+
+    def _collect(self, read: Callable[[Metrics], FlatDict]) -> NestedDict:
+        return NestedDict(
+            {
+                f"{task}.{name}": value
+                for task, metrics in iter_tasks(self, Metrics)
+                for name, value in read(metrics).items()
+            }
+        )
+
+    def __format__(self, format_spec: str) -> str:
+        parts = []
+        for task, metrics in iter_tasks(self, Metrics):
+            formatted = format(metrics, format_spec)
+            parts.extend(f"{task}.{part}" for part in formatted.split("\t") if part)
+        return "\t".join(parts)
+
+
+def _gather(input: Tensor | None, target: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """Every process's `input` and `target`, concatenated in rank order; processes holding none contribute none."""
+    if not is_distributed():
+        return input, target
+    local = None if input is None or target is None else (input.shape[1:], input.dtype, target.shape[1:], target.dtype)
+    known = next((meta for meta in all_gather_object(local) if meta is not None), None)
+    if known is None:
+        return None, None
+    if input is None or target is None:
+        # Empty stand-ins with the others' trailing shapes let this process take part in the gather.
+        input = torch.empty((0, *known[0]), dtype=known[1])
+        target = torch.empty((0, *known[2]), dtype=known[3])
+    return gather_tensor(input), gather_tensor(target)
+
+
+def _detach(value: Any) -> Tensor:
+    return value.detach() if isinstance(value, Tensor) else torch.as_tensor(value)
+
+
+def _to_python(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+def _format(value: Any, format_spec: str) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(format(item, format_spec) for item in value) + "]"
+    return format(value, format_spec)

@@ -1,0 +1,34 @@
+r"""Runners: the training loop and everything around it.
+
+```
+BaseRunner        lifecycle, config fall-through, progress, results, IO, checkpoints (no framework code)
+└── TorchRunner   PyTorch: dataloaders, device, DDP, loops, accumulation, precision, state
+    └── Runner    picks the platform from config.platform ("auto"/"torch" today)
+```
+
+Constructing a runner (`RunnerMeta.__call__`) runs, in order:
+
+1. `BaseRunner.__init__`: timestamp, containers, config, `init_distributed`, the config of a checkpoint to resume
+   (`config.checkpoint` or `from_checkpoint`), the seed, the run id;
+2. the rest of your `__init__`: model, criterion, optimizer, scheduler, datasets;
+3. `__post_init__`: determinism, logging, print routing, TensorBoard, dataloaders, device, checkpoint restore,
+   DDP wrapping.
+"""
+
+from ..utils.decorators import on_local_main_process, on_main_process
+from .base_runner import BaseRunner
+from .config import Config
+from .meta import RunnerMeta, RunnerMode
+from .runner import Runner
+from .torch_runner import TorchRunner
+
+__all__ = [
+    "BaseRunner",
+    "Config",
+    "Runner",
+    "RunnerMeta",
+    "RunnerMode",
+    "TorchRunner",
+    "on_local_main_process",
+    "on_main_process",
+]

@@ -1,0 +1,258 @@
+"""Checkpoints: one reader for "path or Mapping", composed state, atomic writes, and the ways to resume."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+from warnings import warn
+
+from chanfig import NestedDict
+
+from ..utils.io import atomic_copy
+from .config import Config
+
+__all__ = ["CheckpointIO", "extract_model_state", "read_checkpoint"]
+
+CheckpointLike = Mapping | bytes | str | os.PathLike
+
+
+def read_checkpoint(checkpoint: CheckpointLike, what: str = "checkpoint", **kwargs: Any) -> Mapping:
+    """Return `checkpoint` if it is a Mapping, else load it from its path.
+
+    Args:
+        checkpoint: A checkpoint, or the path of one.
+        what: How to call it in error messages (`"checkpoint"`, `"pretrained"`).
+        **kwargs: Passed to [`danling.load`][danling.utils.io.load].
+
+    Raises:
+        FileNotFoundError: If the path does not exist.
+        ValueError: If `checkpoint` is neither a path nor a Mapping, or the file does not hold a Mapping.
+    """
+    if isinstance(checkpoint, Mapping):
+        return checkpoint
+    if not isinstance(checkpoint, (bytes, str, os.PathLike)):
+        raise ValueError(f"{what} is set to {checkpoint!r}, which is neither a path nor a Mapping")
+    path = os.fsdecode(checkpoint)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} is set to {path!r} but does not exist")
+    loaded = _load(path, **kwargs)
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{what} {path!r} holds a {type(loaded).__name__}, expected a Mapping")
+    return loaded
+
+
+def _load(path: str, **kwargs: Any) -> Any:
+    from ..utils.io import load
+
+    return load(path, **kwargs)
+
+
+def extract_model_state(checkpoint: Mapping) -> Mapping:
+    """The model's state dict inside `checkpoint`: nested `model`/`module` keys and `module.` prefixes stripped.
+
+    Examples:
+        >>> extract_model_state({"model": {"module": {"w": 1}}, "optimizer": {}})
+        {'w': 1}
+        >>> extract_model_state({"module.w": 1, "module.b": 2})
+        {'w': 1, 'b': 2}
+    """
+    state = checkpoint
+    while isinstance(state, Mapping) and ("model" in state or "module" in state):
+        state = state["model"] if "model" in state else state["module"]
+    if state and all(isinstance(key, str) and key.startswith("module.") for key in state):
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    return state
+
+
+class CheckpointIO:
+    """Saving and loading runner state; part of `BaseRunner`."""
+
+    config: Config
+    results: NestedDict
+    timestamp: str
+    model: Any
+    ema: Any
+    optimizer: Any
+    scheduler: Any
+    _checkpoint_to_load: Mapping | None
+
+    def unwrap(self, model: Any) -> Any:
+        """The model without parallel wrappers; the identity here, `TorchRunner` strips DDP and friends."""
+        return model
+
+    def stateful_parts(self) -> dict[str, Any]:
+        """The objects whose `state_dict()` goes into a checkpoint, by key; `None` entries are skipped."""
+        return {
+            "model": self.unwrap(self.model) if self.model is not None else None,
+            "ema": self.ema,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+        }
+
+    def state_dict(self, cls: Callable = dict) -> Mapping:
+        """Everything needed to resume: the config (`runner`), results, timestamp and each part's state.
+
+        Args:
+            cls: Mapping type of the result.
+        """
+        state: dict[str, Any] = {
+            "runner": self.config.dict(),
+            "results": {index: _plain(result) for index, result in self.results.items()},
+            "timestamp": self.timestamp,
+        }
+        for key, part in self.stateful_parts().items():
+            if part is not None and hasattr(part, "state_dict"):
+                state[key] = part.state_dict()
+        return cls(state)
+
+    def load_state_dict(self, checkpoint: Mapping) -> None:
+        """Restore each present part from `checkpoint`, then results and progress counters.
+
+        A part the runner has but the checkpoint lacks is left as it is, with a warning.
+        """
+        for key, part in self.stateful_parts().items():
+            if part is None or not hasattr(part, "load_state_dict"):
+                continue
+            if key == "model":
+                part.load_state_dict(extract_model_state(checkpoint))
+            elif key in checkpoint:
+                part.load_state_dict(checkpoint[key])
+            else:
+                warn(f"{key} is not in the checkpoint and keeps its current state", RuntimeWarning, stacklevel=3)
+        if "results" in checkpoint:
+            self.results = NestedDict()
+            for index, result in checkpoint["results"].items():
+                self.results[int(index) if isinstance(index, str) and index.isdigit() else index] = NestedDict(result)
+        if "runner" in checkpoint:
+            self._restore_progress(checkpoint["runner"])
+
+    def _restore_progress(self, config: Mapping) -> None:
+        # Counters count work done; the run resumes at the epoch after the one the checkpoint finished.
+        for counter in ("iters", "steps", "epochs"):
+            self.config[counter] = config.get(counter, 0)
+        self.config.iter_begin = self.config.iters
+        self.config.step_begin = self.config.steps
+        self.config.epoch_begin = self.config.epochs + 1
+
+    def save_checkpoint(self, name: str = "latest", epochs: int | None = None, save_best: bool = True) -> None:
+        """Save the state to `checkpoint_dir/{name}.pth` atomically, on the main process.
+
+        `best.pth` is made from it (a hard link, or an atomic copy) when the latest score is the best, and
+        `epoch-{epochs}.pth` when `config.save_interval` is positive and `epochs + 1` is a multiple of it.
+        A failed write raises with the path in the message; the previous files stay intact.
+
+        Args:
+            name: Name of the checkpoint. Defaults to `"latest"`.
+            epochs: Epoch index to name a snapshot after. Defaults to `config.epochs`.
+            save_best: Also update `best.pth` when `is_best`.
+        """
+        if not self.is_main_process:  # type: ignore[attr-defined]
+            return
+        epochs = self.config.epochs if epochs is None else epochs
+        latest_path = os.path.join(self.checkpoint_dir, f"{name}.pth")  # type: ignore[attr-defined]
+        self.save(self.state_dict(), latest_path)  # type: ignore[attr-defined]
+        save_interval = self.config.get("save_interval")
+        if save_interval and save_interval > 0 and (epochs + 1) % save_interval == 0:
+            atomic_copy(latest_path, os.path.join(self.checkpoint_dir, f"epoch-{epochs}.pth"))  # type: ignore[attr-defined]
+        if save_best and self.is_best:  # type: ignore[attr-defined]
+            atomic_copy(latest_path, os.path.join(self.checkpoint_dir, "best.pth"))  # type: ignore[attr-defined]
+
+    def load_config(self, checkpoint: CheckpointLike, overwrite: bool = False, *args: Any, **kwargs: Any) -> None:
+        """Take the config of the run that wrote `checkpoint`, to continue it.
+
+        Keys the current config lacks are added (all keys when `overwrite=True`); the progress counters are
+        restored, so the run resumes at the next epoch; and the run keeps its identity (`experiment_id`,
+        `run_id` and `timestamp`), so it writes to the same run directory.
+
+        Args:
+            checkpoint: Checkpoint (or its path) to load.
+            overwrite: Let the checkpoint's values replace the current ones.
+            *args: Unused; kept for signature compatibility.
+            **kwargs: Passed to [`danling.load`][danling.utils.io.load].
+
+        Raises:
+            FileNotFoundError: If `checkpoint` does not exist.
+            ValueError: If `checkpoint` is not a valid checkpoint.
+        """
+        ckpt = read_checkpoint(checkpoint, **kwargs)
+        config = ckpt.get("runner", ckpt)
+        self.config.merge({k: v for k, v in config.items() if k != "checkpoint"}, overwrite=overwrite)
+        for key in ("experiment_id", "run_id"):
+            if config.get(key) is not None:
+                self.config[key] = config[key]
+        if "timestamp" in ckpt:
+            self.timestamp = ckpt["timestamp"]
+        for cached in ("id", "uuid", "log_path"):
+            self.__dict__.pop(cached, None)
+        self._restore_progress(config)
+
+    def load_checkpoint(self, checkpoint: CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        """Restore model, EMA, optimizer, scheduler, results and progress from `checkpoint`.
+
+        Training then continues at the epoch after the checkpoint's. When `checkpoint` is a path, it is stored in
+        `config.checkpoint`; a Mapping is never stored in the config.
+
+        Args:
+            checkpoint: Checkpoint (or its path) to load.
+            *args: Unused; kept for signature compatibility.
+            **kwargs: Passed to [`danling.load`][danling.utils.io.load].
+
+        Raises:
+            ValueError: If `model` is not defined, or `checkpoint` is not a valid checkpoint.
+            FileNotFoundError: If `checkpoint` does not exist.
+
+        See Also:
+            [`from_checkpoint`][danling.BaseRunner.from_checkpoint]: Build a runner from a checkpoint.
+            [`load_pretrained`][danling.BaseRunner.load_pretrained]: Load only the model weights.
+        """
+        if self.model is None:
+            raise ValueError("model is not defined: assign self.model before loading a checkpoint")
+        ckpt = read_checkpoint(checkpoint, **kwargs)
+        self.load_state_dict(ckpt)
+        if not isinstance(checkpoint, Mapping):
+            self.config.checkpoint = os.fsdecode(checkpoint)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: CheckpointLike, *args: Any, **kwargs: Any) -> Any:
+        """Build a runner that continues the run which wrote `checkpoint`.
+
+        The runner is constructed from the checkpoint's config, takes over its identity and run directory, and
+        restores every part once its `__init__` has built them; training resumes at the next epoch.
+
+        Args:
+            checkpoint: Checkpoint (or its path) to load.
+            *args: Unused; kept for signature compatibility.
+            **kwargs: Passed to [`danling.load`][danling.utils.io.load].
+
+        Raises:
+            ValueError: If `checkpoint` is not a valid checkpoint or holds no `runner` config.
+            FileNotFoundError: If `checkpoint` does not exist.
+        """
+        ckpt = read_checkpoint(checkpoint, **kwargs)
+        if "runner" not in ckpt:
+            raise ValueError(f"checkpoint has no 'runner' config; its keys are {sorted(map(str, ckpt))}")
+        config = Config(ckpt["runner"])
+        config.checkpoint = None if isinstance(checkpoint, Mapping) else os.fsdecode(checkpoint)
+        runner = cls.__new__(cls)
+        # Handed to __init__ so the file is read once and the model is restored after the subclass builds it.
+        object.__setattr__(runner, "_pending_checkpoint", ckpt)
+        runner.__init__(config)
+        runner.__post_init__()
+        return runner
+
+    def load_pretrained(self, checkpoint: CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        """Load only the model weights from `checkpoint` (nested `model`/`module` keys are stripped).
+
+        Raises:
+            ValueError: If `model` is not defined, or `checkpoint` is not a valid checkpoint.
+            FileNotFoundError: If `checkpoint` does not exist.
+        """
+        if self.model is None:
+            raise ValueError("model is not defined: assign self.model before loading pretrained weights")
+        ckpt = read_checkpoint(checkpoint, what="pretrained", **kwargs)
+        self.unwrap(self.model).load_state_dict(extract_model_state(ckpt))
+
+
+def _plain(result: Any) -> Any:
+    return result.dict() if hasattr(result, "dict") else dict(result)

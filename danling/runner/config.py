@@ -1,0 +1,217 @@
+"""`Config`: every knob a runner reads, declared once with its type, default and meaning."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+import chanfig
+
+from ..defaults import (
+    DEFAULT_CHECKPOINT_DIR_NAME,
+    DEFAULT_EXPERIMENT_ID,
+    DEFAULT_EXPERIMENT_NAME,
+    DEFAULT_PROJECT_ROOT,
+    DEFAULT_RUN_NAME,
+    DEFAULT_SCORE_NAME,
+    IGNORED_NAMES_IN_HASH,
+)
+from ..utils.git import get_git_hash
+from ..utils.io import to_builtin
+
+__all__ = ["PLATFORMS", "PRECISIONS", "Config"]
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+"""Values `Config.precision` accepts (besides `None`, which means fp32)."""
+
+PLATFORMS = ("auto", "torch", "accelerate", "deepspeed")
+"""Values `Config.platform` accepts."""
+
+
+class Config(chanfig.Config):
+    """The complete state of a run that is not a tensor: identity, progress, where files go and every knob.
+
+    `Config` is a [`chanfig.Config`][chanfig.Config]: attribute and dotted access (`config.optim.lr`), nested
+    sections created on first assignment, YAML/JSON round trips and command-line overrides through
+    [`parse`][chanfig.Config.parse] (`--epoch_end 5 --optim.lr 0.01`). The fields below are the ones the runner
+    reads; add any others your runner needs.
+
+    The run's identity derives from the content: [`run_uuid`][danling.runner.Config.run_uuid] (and so `run_id` and
+    `hash(config)`) is a UUID of every field except progress counters and storage locations (see
+    [`IGNORED_NAMES_IN_HASH`][danling.defaults.IGNORED_NAMES_IN_HASH]), so it stays the same as training advances.
+
+    Examples:
+        >>> config = Config(epoch_end=3, **{"optim.lr": 0.1})
+        >>> config.epoch_end, config.optim.lr, config.score_name
+        (3, 0.1, 'loss')
+        >>> _ = config.parse(["--epoch_end", "5", "--optim.lr", "0.01"])
+        >>> config.epoch_end, config.optim.lr
+        (5, 0.01)
+        >>> before = config.run_uuid
+        >>> config.steps = 100
+        >>> config.run_uuid == before
+        True
+    """
+
+    # Identity
+    experiment_name: str = DEFAULT_EXPERIMENT_NAME
+    """Name of the experiment: runs that test one idea share it."""
+    run_name: str = DEFAULT_RUN_NAME
+    """Name of this run within the experiment."""
+    experiment_id: str | None = None
+    """Id of the experiment; defaults to the git commit checked out in the working directory, if any."""
+    run_id: str | None = None
+    """Id of the run; defaults to the hex of `run_uuid` when the runner starts."""
+
+    # Randomness
+    seed: int | None = None
+    """Random seed; `None` lets the main process draw one, which is then stored here. `0` is a valid seed."""
+    deterministic: bool = False
+    """Make cuDNN and torch choose deterministic algorithms (slower, bit-for-bit repeatable)."""
+
+    # Progress: counters of what is done, and the range the run covers
+    iters: int = 0
+    """Forward/backward passes (micro-batches) done."""
+    steps: int = 0
+    """Optimizer updates done (`iters // accum_steps` for whole accumulation windows)."""
+    epochs: int = 0
+    """Index of the current (or last finished) epoch, counted from 0."""
+    iter_begin: int = 0
+    """Iteration this process started (or resumed) from."""
+    step_begin: int = 0
+    """Optimizer step this process started (or resumed) from."""
+    epoch_begin: int = 0
+    """Epoch this process starts (or resumes) at."""
+    iter_end: int | None = None
+    """Stop after this many iterations in total, if set."""
+    step_end: int | None = None
+    """Stop after this many optimizer steps in total, if set."""
+    epoch_end: int | None = None
+    """Train epochs `epoch_begin` to `epoch_end - 1`."""
+
+    # Scores
+    score_split: str | None = None
+    """Split whose results rank epochs; `None` picks `val`, then `validate`, then the second split, else the first."""
+    score_name: str = DEFAULT_SCORE_NAME
+    """Metric within `score_split` that ranks epochs."""
+    score_mode: str | None = None
+    """`"min"` or `"max"` to force which scores are better; `None` infers it from `score_name`."""
+    patience: int | None = None
+    """Stop training after this many epochs without a new best score; `None` never stops early."""
+
+    # Where things go
+    project_root: str = DEFAULT_PROJECT_ROOT
+    """Root directory under which every run gets `{name}-{id}/{timestamp}`."""
+    checkpoint_dir_name: str = DEFAULT_CHECKPOINT_DIR_NAME
+    """Name of the checkpoint directory inside the run directory."""
+    log: bool = True
+    """Log to stdout and to `run.log` in the run directory (`print` is routed to the log as well)."""
+    tensorboard: bool = False
+    """Write scalars for TensorBoard under the run directory."""
+    progress: bool = True
+    """Show progress bars on the main process when stdout is a terminal."""
+    log_interval: int | None = None
+    """Log every this many iterations; `None` logs about ten times per epoch."""
+    save_checkpoints: bool = True
+    """Write checkpoints at all; `False` keeps the run free of checkpoint files."""
+    save_interval: int | None = None
+    """Also keep `epoch-N.pth` every this many epochs; `None` keeps only `latest` and `best`."""
+    checkpoint_interval: int | None = None
+    """Also save `latest` every this many optimizer steps, inside epochs; `None` saves at epoch ends only."""
+    checkpoint: str | None = None
+    """Path of a checkpoint to resume from."""
+    resume: bool = False
+    """Resume from the newest valid `latest` checkpoint of this run, if there is one."""
+    pretrained: str | None = None
+    """Path of a checkpoint whose model weights initialise the model (nothing else is loaded)."""
+
+    # Optimisation
+    accum_steps: int = 1
+    """Micro-batches whose gradients are accumulated into one optimizer step."""
+    precision: str | None = None
+    """Autocast precision: `"fp16"`, `"bf16"`, or `None`/`"fp32"` for full precision."""
+    max_grad_norm: float | None = None
+    """Clip the global gradient norm to this before each optimizer step."""
+    max_grad_value: float | None = None
+    """Clip every gradient element to `[-value, value]` before each optimizer step."""
+    lr_scale_factor: float | None = None
+    """Factor for `scale_lr`; `None` derives it from `batch_size_base`."""
+    batch_size_base: int | None = None
+    """Batch size the base learning rate was tuned for, used by `scale_lr`."""
+
+    # Distributed
+    platform: str = "auto"
+    """Runner platform: `"auto"` or `"torch"` (`"accelerate"`, `"deepspeed"` are reserved)."""
+    backend: str | None = None
+    """`torch.distributed` backend; `None` picks `nccl` on CUDA and `gloo` on CPU."""
+    init_method: str | None = None
+    """`torch.distributed` init method; `None` uses the environment `torchrun` sets."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.get("experiment_id") is None:
+            self.experiment_id = get_git_hash() or DEFAULT_EXPERIMENT_ID
+
+    @classmethod
+    def from_dict(cls, obj: Mapping | Sequence) -> Any:
+        """Build a `Config` from a mapping; nested sections stay plain `chanfig.Config`s.
+
+        chanfig would turn every nested section into this class too, which would inject the runner's defaults
+        into each of them and break a YAML/JSON round trip.
+        """
+        if isinstance(obj, Mapping):
+            return cls(obj)
+        return super().from_dict(obj)
+
+    def post(self) -> None:
+        """Validate after parsing (chanfig calls this through `boot`)."""
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the knobs the runner reads; raise `ValueError` naming the bad value and the expected ones.
+
+        chanfig calls this when a config is constructed; the runner calls it again when it starts, to catch
+        values assigned in between. Declared types are checked by chanfig (`TypeError`).
+        """
+        super().validate()
+        if not isinstance(self.accum_steps, int) or self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be a positive integer, got {self.accum_steps!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; expected one of: {', '.join(PRECISIONS)}")
+        if self.score_mode is not None and self.score_mode not in ("min", "max"):
+            raise ValueError(f"score_mode must be 'min', 'max' or None, got {self.score_mode!r}")
+        for name in ("epoch_end", "step_end", "iter_end", "log_interval", "save_interval", "checkpoint_interval"):
+            value = self.get(name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+        for name in ("max_grad_norm", "max_grad_value"):
+            value = self.get(name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None, got {value!r}")
+
+    def increment(self, name: str, amount: int = 1) -> int:
+        """Add `amount` to the top-level counter `name` (`iters`, `steps`) and return the new value.
+
+        The training loop bumps counters on every micro-batch; this skips chanfig's general-purpose `set` (type
+        coercion, dotted names, frozen checks), which would cost more than the rest of the runner's step.
+        """
+        value = dict.__getitem__(self, name) + amount
+        dict.__setitem__(self, name, value)
+        object.__setattr__(self, name, value)  # chanfig mirrors top-level keys as attributes for fast reads
+        return value
+
+    @property
+    def experiment_uuid(self) -> UUID:
+        """UUID of the experiment, derived from `experiment_id`."""
+        return uuid5(NAMESPACE_URL, str(self.experiment_id))
+
+    @property
+    def run_uuid(self) -> UUID:
+        """UUID of the run: the config's content, less progress counters and storage locations."""
+        identity = {key: value for key, value in self.dict().items() if key not in IGNORED_NAMES_IN_HASH}
+        return uuid5(self.experiment_uuid, json.dumps(to_builtin(identity), sort_keys=True, default=repr))
+
+    def __hash__(self) -> int:
+        return int(self.run_uuid.hex, 16)

@@ -1,0 +1,66 @@
+"""Rank-aware `print`: installed into `builtins` once per process, routed by the runner that installed it last.
+
+On the process it was installed for (rank 0 by default) `print` writes as usual, or through the `danling.print`
+logger when the runner logs (so user prints land in `run.log` too); on other processes it is silent unless called
+with `force=True`. An explicit `file=` is always honoured as given.
+[`restore_print`][danling.runner.printing.restore_print] puts the original `print` back.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import sys
+import weakref
+from typing import Any
+
+__all__ = ["RankPrint", "install_print", "restore_print"]
+
+PRINT_LOGGER = "danling.print"
+
+
+class RankPrint:
+    """Callable that replaces `builtins.print`; it keeps the original and a weak reference to its runner."""
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+        self.process = 0
+        self._runner: weakref.ref | None = None
+        self.logger = logging.getLogger(PRINT_LOGGER)
+
+    def bind(self, runner: Any, process: int = 0) -> None:
+        """Route prints by `runner`'s rank and `config.log` from now on."""
+        self._runner = weakref.ref(runner)
+        self.process = process
+
+    def __call__(
+        self, *args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False,
+        force: bool = False,
+    ) -> None:  # fmt: skip
+        runner = self._runner() if self._runner is not None else None
+        if runner is None or file is not None:
+            self.original(*args, sep=sep, end=end, file=file, flush=flush)
+            return
+        if not force and runner.rank != self.process:
+            return
+        if runner.config.log and logging.getLogger("danling").handlers:
+            self.logger.info((" " if sep is None else sep).join(str(arg) for arg in args))
+            return
+        self.original(*args, sep=sep, end=end, file=sys.stdout, flush=flush)
+
+
+def install_print(runner: Any, process: int = 0) -> RankPrint:
+    """Install the rank-aware `print` (once per process) and bind it to `runner`."""
+    printer = builtins.print
+    if not isinstance(printer, RankPrint):
+        printer = RankPrint(builtins.print)
+        builtins.print = printer  # type: ignore[assignment]
+    printer.bind(runner, process)
+    return printer
+
+
+def restore_print() -> None:
+    """Put back the `print` that was there before [`install_print`][danling.runner.printing.install_print]."""
+    printer = builtins.print
+    if isinstance(printer, RankPrint):
+        builtins.print = printer.original

@@ -1,0 +1,345 @@
+"""Results, scores and the best epoch: pure functions, and the part of `BaseRunner` that uses them."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from warnings import warn
+
+from chanfig import FlatDict, NestedDict
+
+from ..defaults import IGNORED_SET_NAMES, LOWER_IS_BETTER_NAMES
+from ..utils.decorators import on_main_process
+from ..utils.io import atomic_copy
+from .config import Config
+
+__all__ = ["Results", "choose_best_fn", "format_result", "infer_score_split"]
+
+
+def infer_score_split(splits: Sequence[str], score_split: str | None = None) -> str:
+    """The split that holds the score: `score_split` if given, else `val`, `validate`, the second split, the first.
+
+    Keys in [`IGNORED_SET_NAMES`][danling.defaults.IGNORED_SET_NAMES] (like `index`) are never chosen.
+
+    Examples:
+        >>> infer_score_split(["train", "val", "test"])
+        'val'
+        >>> infer_score_split(["train", "test"])
+        'test'
+        >>> infer_score_split(["index", "train"])
+        'train'
+    """
+    if score_split is not None:
+        return score_split
+    candidates = [split for split in splits if split not in IGNORED_SET_NAMES]
+    for preferred in ("val", "validate"):
+        if preferred in candidates:
+            return preferred
+    if not candidates:
+        raise ValueError(f"cannot choose a score split: the result has no split, only {list(splits)}")
+    return candidates[1] if len(candidates) > 1 else candidates[0]
+
+
+def choose_best_fn(score_name: str, score_mode: str | None = None) -> Callable:
+    """`min` for scores that are errors or losses, `max` otherwise; `score_mode` (`"min"`/`"max"`) overrides.
+
+    Examples:
+        >>> choose_best_fn("loss"), choose_best_fn("val_rmse"), choose_best_fn("acc")
+        (<built-in function min>, <built-in function min>, <built-in function max>)
+        >>> choose_best_fn("acc", "min")
+        <built-in function min>
+    """
+    if score_mode is not None:
+        return {"min": min, "max": max}[score_mode]
+    name = score_name.lower()
+    lower_is_better = any(
+        name == suffix or name.endswith(("_" + suffix, "." + suffix)) for suffix in LOWER_IS_BETTER_NAMES
+    )
+    return min if lower_is_better else max
+
+
+def format_result(result: Mapping, format_spec: str = ".4f") -> str:
+    """Format a (possibly nested) result for a log line: one `name: value` per metric, one line per split.
+
+    Examples:
+        >>> format_result({"loss": 0.12345, "acc": 0.9})
+        'loss: 0.1235\\tacc: 0.9000'
+        >>> print(format_result({"train": {"loss": 0.5}, "val": {"loss": 0.25, "acc": 0.75}}))
+        train: loss: 0.5000
+        val: loss: 0.2500	acc: 0.7500
+    """
+    flat, nested = [], []
+    for key, value in result.items():
+        if isinstance(value, Mapping):
+            nested.append(f"{key}: {format_result(value, format_spec).replace(chr(10), chr(10) + '  ')}")
+        else:
+            flat.append(f"{key}: {_format_value(value, format_spec)}")
+    lines = (["\t".join(flat)] if flat else []) + nested
+    return "\n".join(lines)
+
+
+def _format_value(value: Any, format_spec: str) -> str:
+    if isinstance(value, (bool, int)):
+        return str(value)
+    if hasattr(value, "__format__") and not isinstance(value, (str, list, tuple)):
+        try:
+            return format(value, format_spec)
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value)
+
+
+def _score_key(best_fn: Callable, score: float) -> float:
+    # NaN (a diverged epoch) must never be chosen as the best.
+    if score is None or (isinstance(score, float) and math.isnan(score)):
+        return -math.inf if best_fn is max else math.inf
+    return score
+
+
+class Results:
+    """`results` and everything derived from it: scores, the latest and the best result and score."""
+
+    config: Config
+    results: NestedDict
+    meters: Any
+    metrics: Any
+    train_metrics: Any
+    evaluate_metrics: Any
+    writer: Any
+    _auto_indexed_results: int
+
+    @property
+    def best_fn(self) -> Callable:
+        """`min` or `max`: how the best score is chosen.
+
+        `min` for losses and errors (`loss`, `error`, `mae`, `mse`, `rmse`, `perplexity`, ... and names ending in
+        them), `max` otherwise; `config.score_mode` forces it. Override in a subclass for anything else.
+        """
+        return choose_best_fn(self.config.score_name, self.config.get("score_mode"))
+
+    @property
+    def score_split(self) -> str | None:
+        """The split that holds the score, as configured or inferred from the latest result."""
+        if not self.results:
+            return self.config.get("score_split")
+        return infer_score_split(
+            list(self.results[next(reversed(self.results))].keys()), self.config.get("score_split")
+        )
+
+    @score_split.setter
+    def score_split(self, split: str | None) -> None:
+        self.config.score_split = split
+
+    @property
+    def scores(self) -> FlatDict | None:
+        """`{index: score}` for every result that holds `results[index][score_split][score_name]`.
+
+        Raises:
+            ValueError: If no result holds the score; the message lists the splits and metrics there are.
+        """
+        if not self.results:
+            return None
+        split, name = self.score_split, self.config.score_name
+        scores = FlatDict()
+        for index, result in self.results.items():
+            if isinstance(result, Mapping) and isinstance(result.get(split), Mapping) and name in result[split]:
+                scores[index] = result[split][name]
+        if not scores:
+            latest = self.results[next(reversed(self.results))]
+            available = {k: list(v.keys()) if isinstance(v, Mapping) else v for k, v in latest.items()}
+            raise ValueError(
+                f"score {split!r}/{name!r} (score_split/score_name) is not in the results; "
+                f"the latest result has {available}"
+            )
+        return scores
+
+    @property
+    def best_index(self) -> int:
+        """Index of the best score (the latest one among ties); `0` when there are no results."""
+        scores = self.scores
+        if not scores:
+            return 0
+        best_fn = self.best_fn
+        return best_fn(reversed(list(scores.keys())), key=lambda index: _score_key(best_fn, scores[index]))
+
+    @property
+    def latest_result(self) -> NestedDict | None:
+        """The most recent result `{split: {metric: value}}`, with its `index`."""
+        if not self.results:
+            return None
+        index = next(reversed(self.results))
+        result = NestedDict(self.results[index].dict() if hasattr(self.results[index], "dict") else self.results[index])
+        result["index"] = index
+        return result
+
+    @property
+    def best_result(self) -> NestedDict | None:
+        """The result of the best epoch `{split: {metric: value}}`, with its `index`."""
+        if not self.results:
+            return None
+        index = self.best_index
+        result = NestedDict(self.results[index].dict() if hasattr(self.results[index], "dict") else self.results[index])
+        result["index"] = index
+        return result
+
+    @property
+    def latest_score(self) -> float | None:
+        """Score of the most recent result that has one."""
+        scores = self.scores
+        if not scores:
+            return None
+        return scores[next(reversed(scores))]
+
+    @property
+    def best_score(self) -> float | None:
+        """The best score so far."""
+        scores = self.scores
+        if not scores:
+            return None
+        return scores[self.best_index]
+
+    @property
+    def is_best(self) -> bool:
+        """Whether the most recent score is the best one (`True` before there is any result)."""
+        scores = self.scores
+        if not scores:
+            return True
+        return next(reversed(scores)) == self.best_index
+
+    def append_result(self, result: Mapping, index: int | None = None) -> None:
+        """Add `result` (`{split: {metric: value}}`) to `results` at `index`, merging into an existing entry.
+
+        `index` defaults to `config.epochs`. Plain dicts are accepted. Appending twice to index 0 without passing
+        `index` warns: `config.epochs` was probably not advanced.
+        """
+        if index is None:
+            index = self.config.epochs
+            self._auto_indexed_results = getattr(self, "_auto_indexed_results", 0) + 1
+            if index == 0 and self._auto_indexed_results > 1 and 0 in self.results:
+                warn(
+                    "append_result used config.epochs == 0 as index again; advance config.epochs before appending "
+                    "each epoch's result, or pass index explicitly",
+                    category=RuntimeWarning,
+                    stacklevel=2,
+                )
+        result = result if isinstance(result, NestedDict) else NestedDict(result)
+        if index in self.results:
+            self.results[index].merge(result)
+        else:
+            self.results[index] = result
+
+    def print_result(self) -> None:
+        """Print the latest and the best result."""
+        print(f"latest result: {self.latest_result}")
+        print(f"best result: {self.best_result}")
+
+    def format_result(self, result: Mapping, format_spec: str = ".4f") -> str:
+        """Format a result for a log line; see [`format_result`][danling.runner.results.format_result]."""
+        return format_result(result, format_spec=format_spec)
+
+    def format_step_result(
+        self, result: Mapping, split: str | None, steps: int, length: int, format_spec: str = ".4f"
+    ) -> str:
+        """`"training on {split} [{steps}/{length}]\\t{result}"` (or evaluating/running, by mode)."""
+        prefix = ""
+        if split is not None:
+            mode = str(self.mode)  # type: ignore[attr-defined]
+            prefix = {"train": f"training on {split} ", "eval": f"evaluating on {split} "}.get(
+                mode, f"running in {mode} mode on {split} "
+            )
+        return f"{prefix}[{steps}/{length}]\t" + format_result(result, format_spec=format_spec)
+
+    def format_epoch_result(
+        self, result: Mapping, epochs: int | None = None, epoch_end: int | None = None, format_spec: str = ".4f"
+    ) -> str:
+        """`"epoch [{epochs}/{epoch_end - 1}]"` followed by the formatted result, one split per line."""
+        epochs = self.config.epochs if epochs is None else epochs
+        epoch_end = self.config.epoch_end if epoch_end is None else epoch_end
+        header = f"epoch [{epochs}/{epoch_end - 1}]" if epoch_end else ""
+        body = format_result(result, format_spec=format_spec)
+        return f"{header}\n{body}" if header and "\n" in body else f"{header}\t{body}" if header else body
+
+    @property
+    def current_metrics(self) -> Any:
+        """The metrics in use: `train_metrics` when training, `evaluate_metrics` otherwise, else `metrics`."""
+        specific = self.train_metrics if str(self.mode) == "train" else self.evaluate_metrics  # type: ignore[attr-defined]
+        return specific if specific is not None else self.metrics
+
+    def get_step_result(self) -> NestedDict:
+        """Meters' last values merged with the metrics on the last batch."""
+        metrics = self.current_metrics
+        result = NestedDict(self.meters.value())
+        return merge_metric_result(result, metrics.value()) if metrics is not None else result
+
+    def get_epoch_result(self) -> NestedDict:
+        """Meters' averages merged with the metrics over the whole epoch."""
+        metrics = self.current_metrics
+        result = NestedDict(self.meters.average())
+        return merge_metric_result(result, metrics.average()) if metrics is not None else result
+
+    def step_log(self, split: str, iteration: int, length: int | None = None) -> NestedDict:
+        """Print the step result and, when training, write it to TensorBoard."""
+        if length is None:
+            length = len(self.dataloaders[split]) - 1  # type: ignore[attr-defined]
+        result = self.get_step_result()
+        print(self.format_step_result(result, split, iteration, length))
+        if str(self.mode) == "train":  # type: ignore[attr-defined]
+            self.write_result(result, split)
+        return result
+
+    def write_result(self, result: Mapping, split: str, steps: int | None = None) -> None:
+        """Write every scalar of `result` as `{split}/{metric}` at `steps` (default `config.steps`)."""
+        if self.writer is None:
+            return
+        steps = self.config.steps if steps is None else steps
+        for name, score in _flatten(result):
+            self.write_score(name, score, split, steps)
+
+    def write_score(self, name: str, score: float, split: str, steps: int) -> None:
+        """Write one scalar to TensorBoard, if a writer is set up."""
+        if self.writer is not None:
+            self.writer.add_scalar(f"{split}/{name}", score, steps)
+
+    @on_main_process
+    def save_result(self) -> None:
+        """Write `results.json` (every result), `latest.json` and, when best, `best.json` to the run directory.
+
+        Each file is written atomically; a failure raises with the path in the message.
+        """
+        directory = self.dir  # type: ignore[attr-defined]
+        header = {"name": self.name, "id": self.id, "timestamp": self.timestamp}  # type: ignore[attr-defined]
+        results = {
+            index: result.dict() if hasattr(result, "dict") else result for index, result in self.results.items()
+        }
+        self.save({**header, "results": results}, os.path.join(directory, "results.json"))  # type: ignore[attr-defined]
+        latest = self.latest_result
+        latest_path = os.path.join(directory, "latest.json")
+        self.save({**header, **(latest.dict() if latest is not None else {})}, latest_path)  # type: ignore[attr-defined]
+        if self.is_best:
+            atomic_copy(latest_path, os.path.join(directory, "best.json"))
+
+
+def merge_metric_result(result: NestedDict, metric_result: Mapping) -> NestedDict:
+    """Merge metric values into `result`; a single-metric group `{task: {metric: v}}` collapses to `{task: v}`."""
+    for key, value in metric_result.items():
+        if isinstance(value, Mapping) and len(value) == 1:
+            value = next(iter(value.values()))
+        result[key] = value
+    return result
+
+
+def _flatten(result: Mapping, prefix: str = "") -> list[tuple[str, float]]:
+    items: list[tuple[str, float]] = []
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            items.extend(_flatten(value, f"{name}/"))
+        elif isinstance(value, (list, tuple)):
+            items.extend((f"{name}/{i}", v) for i, v in enumerate(value))
+        elif isinstance(value, (int, float)) or hasattr(value, "item"):
+            items.append((name, value))
+        elif hasattr(value, "avg"):  # a meter
+            items.append((name, value.avg))
+    return items

@@ -1,0 +1,597 @@
+"""`TorchRunner`: training, evaluation and inference with PyTorch, on one process or many."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from chanfig import NestedDict
+from torch import distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..utils import distributed as du
+from ..utils.seed import get_rng_state, seed_everything, set_rng_state
+from .base_runner import BaseRunner
+from .meta import RunnerMode
+from .samplers import EvaluationSampler, TrainingSampler
+
+__all__ = ["TorchRunner"]
+
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+"""Autocast dtype for each reduced `Config.precision`."""
+
+# Keys of `config.dataloader` that are DataLoader arguments, not per-split sections.
+_LOADER_DEFAULTS = {"batch_size": 1, "num_workers": 0, "drop_last": False}
+
+
+class TorchRunner(BaseRunner):
+    """Runner for PyTorch: subclass it, assign model, criterion, optimizer (scheduler) and datasets in `__init__`.
+
+    `__post_init__` then seeds, sets up logging, builds dataloaders for datasets that have none, moves the model
+    (and EMA) to [`device`][danling.TorchRunner.device], restores a checkpoint given in the config, and wraps the
+    model in `DistributedDataParallel` when several processes run.
+
+    Splits named `train*` are trained on and the others evaluated, unless `config.train_splits` /
+    `config.evaluate_splits` (or the arguments of [`train`][danling.TorchRunner.train]) say otherwise. A batch is
+    an `(input, target)` pair, a mapping with `input` and `target` (a mapping input is passed as keyword
+    arguments), or, for inference, the input alone.
+
+    Examples:
+        >>> import torch, danling as dl
+        >>> from torch.utils.data import TensorDataset
+        >>> class Regression(dl.TorchRunner):
+        ...     def __init__(self, config):
+        ...         super().__init__(config)
+        ...         self.model = torch.nn.Linear(2, 1)
+        ...         self.criterion = torch.nn.MSELoss()
+        ...         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        ...         x = torch.randn(64, 2)
+        ...         self.datasets.train = TensorDataset(x, x.sum(1, keepdim=True))
+        >>> config = dl.Config(seed=0, epoch_end=5, log=False, project_root=getfixture("tmp_path"))
+        >>> config.dataloader.batch_size = 8
+        >>> runner = Regression(config)
+        >>> results = runner.train()
+        >>> results[4]["train"]["loss"] < results[0]["train"]["loss"]
+        True
+    """
+
+    model: nn.Module | None = None
+    scaler: torch.amp.GradScaler | None = None
+    _window_end_iter: int | None = None
+
+    def __post_init__(self) -> None:
+        self.init_environment()
+        self.build_dataloaders()
+        self.move_to_device()
+        self.init_precision()
+        self.restore_checkpoint()
+        self.wrap_model()
+        if self.config.get("log_interval") is None and self.dataloaders:
+            self.config.log_interval = max(1, max(len(loader) for loader in self.dataloaders.values()) // 10)
+
+    # Environment
+
+    def init_distributed(self) -> None:
+        """Join (or start) the process group `torchrun` describes, and agree on the timestamp.
+
+        The backend is `config.backend`, else `nccl` when CUDA is available and `gloo` otherwise; `init_method`,
+        `world_size` and `rank` come from the config, else from the environment `torchrun` sets.
+        """
+        world_size = int(self.config.get("world_size") or os.environ.get("WORLD_SIZE", "1"))
+        if not dist.is_available() or (world_size <= 1 and not dist.is_initialized()):
+            return
+        if not dist.is_initialized():
+            backend = self.config.get("backend") or ("nccl" if torch.cuda.is_available() else "gloo")
+            if backend == "nccl":
+                torch.cuda.set_device(du.get_local_rank())
+            rank = self.config.get("rank")
+            dist.init_process_group(
+                backend,
+                init_method=self.config.get("init_method"),
+                world_size=world_size,
+                rank=int(rank if rank is not None else os.environ.get("RANK", "0")),
+            )
+        self.config.backend = dist.get_backend()
+        self.timestamp = du.broadcast_object(self.timestamp)
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """`obj` as held by process `src`, on every process."""
+        return du.broadcast_object(obj, src)
+
+    def seed_generators(self, seed: int) -> None:
+        """Seed Python, NumPy and torch (every device)."""
+        seed_everything(seed, torch=True)
+
+    def set_deterministic(self) -> None:
+        """Make cuDNN and torch use deterministic algorithms (and tell cuBLAS to, where it needs to be told)."""
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
+
+    def init_tensorboard(self, *args: Any, **kwargs: Any) -> None:
+        """Write TensorBoard scalars to `dir/tensorboard`, on the main process."""
+        if not self.is_main_process:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        kwargs.setdefault("log_dir", os.path.join(self.dir, "tensorboard"))
+        self.writer = SummaryWriter(*args, **kwargs)
+
+    def init_precision(self) -> None:
+        """Create a `GradScaler` for fp16 on CUDA, where small gradients would otherwise underflow."""
+        if self.config.precision == "fp16" and self.device.type == "cuda" and self.scaler is None:
+            self.scaler = torch.amp.GradScaler("cuda")
+
+    # Data
+
+    @property
+    def train_splits(self) -> list[str]:
+        """Splits trained on: `config.train_splits`, else the datasets/dataloaders named `train*`."""
+        configured = self.config.get("train_splits")
+        if configured is not None:
+            return list(configured)
+        return [split for split in self._splits() if split.startswith("train")]
+
+    @property
+    def evaluate_splits(self) -> list[str]:
+        """Splits evaluated each epoch: `config.evaluate_splits`, else every split that is not trained on."""
+        configured = self.config.get("evaluate_splits")
+        if configured is not None:
+            return list(configured)
+        train_splits = set(self.train_splits)
+        return [split for split in self._splits() if split not in train_splits]
+
+    def _splits(self) -> list[str]:
+        return list(dict.fromkeys([*self.datasets.keys(), *self.dataloaders.keys()]))
+
+    def dataloader_options(self, split: str) -> dict[str, Any]:
+        """DataLoader arguments for `split`: `config.dataloader`, overridden by `config.dataloader.<split>`."""
+        # Not config.get("dataloader", {}): reading a missing section through chanfig may create it.
+        section = self.config["dataloader"] if "dataloader" in self.config else {}  # noqa: SIM401
+        options = dict(_LOADER_DEFAULTS)
+        options.update({key: value for key, value in section.items() if not isinstance(value, Mapping)})
+        if isinstance(section.get(split) if hasattr(section, "get") else None, Mapping):
+            options.update(section[split])
+        return options
+
+    def build_dataloaders(self) -> None:
+        """Build a DataLoader for every dataset that has none.
+
+        Training splits are shuffled (an order fixed by seed and epoch), padded to equal length across processes;
+        other splits keep dataset order, are split across processes without duplicates, and never drop samples.
+        """
+        train_splits = set(self.train_splits)
+        for split, dataset in self.datasets.items():
+            if split in self.dataloaders:
+                continue
+            options = self.dataloader_options(split)
+            training = split in train_splits
+            shuffle = options.pop("shuffle", training)
+            drop_last = bool(options.pop("drop_last", False)) and training
+            if training:
+                sampler: Any = TrainingSampler(
+                    len(dataset),
+                    shuffle=shuffle,
+                    seed=self.config.seed or 0,
+                    rank=self.rank,
+                    world_size=self.world_size,
+                    drop_last=drop_last,
+                )
+            else:
+                sampler = EvaluationSampler(len(dataset), self.rank, self.world_size)
+            options.setdefault("pin_memory", self.device.type == "cuda")
+            if options.get("num_workers", 0) > 0:
+                options.setdefault("worker_init_fn", seed_worker)
+                generator = torch.Generator()
+                generator.manual_seed((self.config.seed or 0) + self.rank)
+                options.setdefault("generator", generator)
+            self.datasamplers[split] = sampler
+            self.dataloaders[split] = DataLoader(dataset, sampler=sampler, drop_last=drop_last, **options)
+
+    # Model
+
+    @property
+    def device(self) -> torch.device:
+        """`config.device` if set; else this process's CUDA device when CUDA serves the backend; else the CPU."""
+        configured = self.config.get("device")
+        if configured is not None:
+            return torch.device(configured)
+        if torch.cuda.is_available() and (not self.distributed or dist.get_backend() == "nccl"):
+            return torch.device("cuda", du.get_local_rank() if self.distributed else torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def move_to_device(self) -> None:
+        """Move the model, the EMA model and the criterion (if it has state) to `device`."""
+        device = self.device
+        for name in ("model", "ema", "criterion"):
+            module = getattr(self, name)
+            if isinstance(module, nn.Module):
+                module.to(device)
+
+    def wrap_model(self) -> None:
+        """Wrap the model in `DistributedDataParallel` when distributed and it has trainable parameters."""
+        model = self.model
+        if not self.distributed or not isinstance(model, nn.Module):
+            return
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            return
+        if not any(parameter.requires_grad for parameter in model.parameters()):
+            return
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def unwrap(self, model: Any) -> Any:
+        """`model` without `DistributedDataParallel`/`DataParallel` and `torch.compile` wrappers."""
+        while True:
+            if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+                model = model.module
+            elif hasattr(model, "_orig_mod") and isinstance(model, nn.Module):
+                model = model._orig_mod
+            else:
+                return model
+
+    # Parallel
+
+    @property
+    def world_size(self) -> int:
+        """Number of processes."""
+        return du.get_world_size()
+
+    @property
+    def rank(self) -> int:
+        """Process index of all processes."""
+        return du.get_rank()
+
+    @property
+    def local_rank(self) -> int:
+        """Process index on this node."""
+        return du.get_local_rank() if self.distributed else 0
+
+    def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Mean of `tensor` over every process."""
+        return du.all_reduce_mean(tensor)
+
+    # Training
+
+    def train(
+        self, train_splits: Sequence[str] | None = None, evaluate_splits: Sequence[str] | None = None
+    ) -> NestedDict:
+        """Train from `epoch_begin` to `epoch_end`, evaluating after every epoch.
+
+        Each epoch's result `{split: {metric: value}}` is appended to `results`, printed, saved to the run
+        directory and written to TensorBoard; a checkpoint is saved (`latest`, and `best` when best, unless
+        `config.save_checkpoints` is off). Training stops early after `config.patience` epochs without a new
+        best score, or when `iter_end`/`step_end` is reached.
+
+        Returns:
+            `results`.
+        """
+        train_splits = list(train_splits) if train_splits is not None else self.train_splits
+        evaluate_splits = list(evaluate_splits) if evaluate_splits is not None else self.evaluate_splits
+        if not train_splits:
+            raise ValueError(
+                f"nothing to train on: no split named train*, and train_splits is empty; splits: {self._splits()}"
+            )
+        missing = [split for split in [*train_splits, *evaluate_splits] if split not in self.dataloaders]
+        if missing:
+            raise ValueError(f"no dataloader for split(s) {missing}; there are: {list(self.dataloaders.keys())}")
+        if self.config.epoch_end is None:
+            raise ValueError("train needs config.epoch_end, which is not set")
+        self._window_end_iter = self._final_iter()
+        patience = self.config.get("patience")
+        for epoch in range(self.config.epoch_begin, self.config.epoch_end):
+            self.config.epochs = epoch
+            result = NestedDict()
+            for split in train_splits:
+                result[split] = self.train_epoch(split)
+            for split in evaluate_splits:
+                result[split] = self.evaluate_epoch(split)
+            self.append_result(result, index=epoch)
+            print(self.format_epoch_result(result))
+            self.save_result()
+            for split, split_result in result.items():
+                self.write_result(split_result, f"{split}/epoch", steps=epoch)
+            if self.config.save_checkpoints:
+                self.save_checkpoint()
+            if self._reached_end():
+                break
+            if patience and epoch - self.best_index >= patience:
+                print(f"early stop: no better {self.config.score_name} for {patience} epochs")
+                break
+        if self.writer is not None:
+            self.writer.flush()
+        return self.results
+
+    def _final_iter(self) -> int | None:
+        # The last micro-batch of the run closes its accumulation window even if the window is short.
+        try:
+            return self.total_iters or None
+        except (ValueError, AttributeError):
+            return None
+
+    def _reached_end(self) -> bool:
+        step_end, iter_end = self.config.get("step_end"), self.config.get("iter_end")
+        return bool((step_end and self.config.steps >= step_end) or (iter_end and self.config.iters >= iter_end))
+
+    def train_epoch(self, split: str = "train") -> NestedDict:
+        """One pass over `split` with the model in training mode; returns the epoch result."""
+        loader = self.dataloaders[split]
+        self.mode = RunnerMode.train
+        self.split = split
+        self.model.train()  # type: ignore[union-attr]
+        self._reset_measures()
+        sampler = self.datasamplers.get(split) if split in self.datasamplers else getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.config.epochs)
+        length = len(loader)
+        log_interval = self.config.log_interval or 0
+        for iteration, batch in enumerate(self._progress_bar(loader, split)):
+            self.train_step(batch)
+            if log_interval and (iteration % log_interval == 0 or iteration == length - 1):
+                self.step_log(split, iteration, length - 1)
+            if self._reached_end():
+                break
+        return self.get_epoch_result()
+
+    def train_step(self, batch: Any) -> torch.Tensor:
+        """Forward, loss and [`advance`][danling.TorchRunner.advance] on one micro-batch; returns the loss."""
+        input, target = self.unpack_batch(batch)
+        with self.accumulate():
+            with self.autocast():
+                pred = self.forward(self.model, input)
+                loss = self.criterion(pred, target)  # type: ignore[misc]
+            self.advance(loss)
+        self._update_measures(pred, target, loss)
+        return loss
+
+    def advance(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Backward `loss / accum_steps`; on the last micro-batch of a window, step the optimizer.
+
+        The window is counted on `iters`, across epoch boundaries; the run's final micro-batch also closes one.
+        """
+        scaled = loss / self.config.accum_steps
+        if self.scaler is not None:
+            self.scaler.scale(scaled).backward()
+        else:
+            scaled.backward()
+        closes_window = self._closes_window()
+        self.config.increment("iters")
+        if closes_window:
+            self.step()
+
+    def _closes_window(self) -> bool:
+        next_iter = self.config.iters + 1
+        return next_iter % self.config.accum_steps == 0 or next_iter == self._window_end_iter
+
+    def step(self) -> None:
+        """Clip, step the optimizer, zero gradients, update EMA, step the scheduler; `steps += 1`."""
+        optimizer = self.optimizer
+        max_grad_value, max_grad_norm = self.config.max_grad_value, self.config.max_grad_norm
+        if max_grad_value is not None or max_grad_norm is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]  # type: ignore[union-attr]
+            if max_grad_value is not None:
+                nn.utils.clip_grad_value_(parameters, max_grad_value)
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()  # type: ignore[union-attr]
+        optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+        if self.ema is not None:
+            update = getattr(self.ema, "update_parameters", None) or self.ema.update
+            update(self.unwrap(self.model))
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.config.increment("steps")
+
+    def accumulate(self) -> Any:
+        """`model.no_sync()` on micro-batches that do not close an accumulation window, else a null context.
+
+        Skipping the gradient all-reduce there is what makes accumulation cheap under DDP.
+        """
+        if self.config.accum_steps > 1 and hasattr(self.model, "no_sync") and not self._closes_window():
+            return self.model.no_sync()  # type: ignore[union-attr]
+        return nullcontext()
+
+    def autocast(self) -> Any:
+        """`torch.autocast` on `device` for `config.precision` of `fp16`/`bf16`; a null context otherwise."""
+        precision = self.config.precision
+        if precision is None or precision == "fp32":
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[precision])
+
+    # Evaluation and inference
+
+    def evaluate(self, splits: Iterable[str] | None = None) -> NestedDict:
+        """Evaluate every split in `splits` (default: `evaluate_splits`); returns `{split: result}`."""
+        splits = list(splits) if splits is not None else self.evaluate_splits
+        result = NestedDict()
+        for split in splits:
+            result[split] = self.evaluate_epoch(split)
+        print(self.format_result(result))
+        return result
+
+    @torch.no_grad()
+    def evaluate_epoch(self, split: str = "val") -> NestedDict:
+        """One pass over `split` without autograd, the model (or EMA) in eval mode; returns the epoch result.
+
+        Every sample counts once, whatever the number of processes.
+        """
+        if split not in self.dataloaders:
+            raise ValueError(f"no dataloader for split {split!r}; there are: {list(self.dataloaders.keys())}")
+        loader = self.dataloaders[split]
+        self.mode = RunnerMode.eval
+        self.split = split
+        model = self.evaluation_model()
+        was_training = model.training
+        model.eval()
+        self._reset_measures()
+        length = len(loader)
+        log_interval = self.config.log_interval or 0
+        for iteration, batch in enumerate(self._progress_bar(loader, split)):
+            self.evaluate_step(batch, model)
+            if log_interval and (iteration % log_interval == 0 or iteration == length - 1):
+                self.step_log(split, iteration, length - 1)
+        result = self.get_epoch_result()
+        model.train(was_training)
+        return result
+
+    def evaluate_step(self, batch: Any, model: nn.Module | None = None) -> torch.Tensor | None:
+        """Forward (and loss, if there is a criterion) on one batch; updates meters and metrics."""
+        model = model if model is not None else self.evaluation_model()
+        input, target = self.unpack_batch(batch)
+        with self.autocast():
+            pred = self.forward(model, input)
+            loss = self.criterion(pred, target) if self.criterion is not None and target is not None else None
+        self._update_measures(pred, target, loss)
+        return loss
+
+    def evaluation_model(self) -> nn.Module:
+        """The EMA model if there is one, else the model, unwrapped.
+
+        Unwrapped because DDP's forward may broadcast buffers, a collective that would hang when processes
+        evaluate different numbers of batches.
+        """
+        return self.unwrap(self.ema if self.ema is not None else self.model)
+
+    @torch.no_grad()
+    def infer(self, split: str = "inf") -> Any:
+        """Predictions of the model (or EMA) on every sample of `split`, in dataset order, on every process.
+
+        Tensor outputs are concatenated along the batch dimension (and gathered across processes); other outputs
+        are returned as a list.
+        """
+        if split not in self.dataloaders:
+            raise ValueError(f"no dataloader for split {split!r}; there are: {list(self.dataloaders.keys())}")
+        self.mode = RunnerMode.inf
+        self.split = split
+        model = self.evaluation_model()
+        was_training = model.training
+        model.eval()
+        outputs = []
+        for batch in self._progress_bar(self.dataloaders[split], split):
+            input, _ = self.unpack_batch(batch)
+            with self.autocast():
+                outputs.append(self.forward(model, input))
+        model.train(was_training)
+        if outputs and all(isinstance(output, torch.Tensor) for output in outputs):
+            return du.gather_tensor(torch.cat(outputs))
+        gathered = du.all_gather_object(outputs)
+        return [output for chunk in gathered for output in chunk]
+
+    # Batches
+
+    def unpack_batch(self, batch: Any) -> tuple[Any, Any]:
+        """Split a batch into `(input, target)` on `device`; `target` is `None` when the batch has none."""
+        device = self.device
+        if isinstance(batch, Mapping):
+            if "input" not in batch:
+                raise ValueError(f"a mapping batch needs an 'input' key; it has {list(batch.keys())}")
+            return to_device(batch["input"], device), to_device(batch.get("target"), device)
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            return to_device(batch[0], device), to_device(batch[1], device)
+        return to_device(batch, device), None
+
+    @staticmethod
+    def forward(model: Any, input: Any) -> Any:
+        """Call `model` on `input`, as keyword arguments when `input` is a mapping."""
+        if isinstance(input, Mapping):
+            return model(**input)
+        return model(input)
+
+    # Measures
+
+    def _reset_measures(self) -> None:
+        self.meters.reset()
+        metrics = self.current_metrics
+        if metrics is not None:
+            metrics.reset()
+
+    def _update_measures(self, pred: Any, target: Any, loss: torch.Tensor | None) -> None:
+        if loss is not None:
+            self.meters.update(loss=(loss.detach(), _batch_length(target, pred)))
+        metrics = self.current_metrics
+        if metrics is not None and target is not None:
+            metrics.update(_detach(pred), target)
+
+    def get_step_result(self) -> NestedDict:
+        """Meters' last values (the mean over processes when training) merged with the metrics on the last batch.
+
+        Evaluation logs local values only: processes may evaluate different numbers of batches, so a collective
+        there could hang.
+        """
+        from .results import merge_metric_result
+
+        meters = self.meters.batch() if self.mode == RunnerMode.train else self.meters.value()
+        result = NestedDict(meters)
+        metrics = self.current_metrics
+        return merge_metric_result(result, metrics.value()) if metrics is not None else result
+
+    def _progress_bar(self, loader: Iterable, split: str) -> Iterable:
+        if not (self.config.progress and self.is_main_process and sys.stdout.isatty()):
+            return loader
+        from tqdm.auto import tqdm
+
+        return tqdm(loader, desc=f"{self.mode} {split}", leave=False, dynamic_ncols=True)
+
+    # State
+
+    def stateful_parts(self) -> dict[str, Any]:
+        """Model (unwrapped), EMA, optimizer, scheduler and the fp16 grad scaler."""
+        return {**super().stateful_parts(), "scaler": self.scaler}
+
+    def state_dict(self, cls: Any = dict) -> Any:
+        """Config, results and every part's state, plus the random generators' states of this process."""
+        state = dict(super().state_dict())
+        state["rng"] = get_rng_state()
+        return cls(state)
+
+    def load_state_dict(self, checkpoint: Mapping) -> None:
+        """Restore every part, results, progress and (if saved) the random generators."""
+        super().load_state_dict(checkpoint)
+        # One process's generator states; restoring them on other ranks would undo their per-rank seeds.
+        if "rng" in checkpoint and not self.distributed:
+            set_rng_state(checkpoint["rng"])
+
+
+def to_device(data: Any, device: torch.device) -> Any:
+    """Move tensors in `data` (nested in mappings, lists and tuples) to `device`."""
+    if isinstance(data, torch.Tensor):
+        return data.to(device, non_blocking=True)
+    if isinstance(data, Mapping):
+        return {key: to_device(value, device) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(to_device(value, device) for value in data)
+    return data
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed Python and NumPy in a DataLoader worker from the seed torch gave it."""
+    seed_everything(torch.initial_seed() % 2**32, torch=False)
+
+
+def _batch_length(target: Any, pred: Any) -> int:
+    for value in (target, pred):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+        if isinstance(value, (list, tuple)) and value:
+            return len(value)
+    return 1
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, Mapping):
+        return {key: _detach(item) for key, item in value.items()}
+    return value

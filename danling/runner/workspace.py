@@ -1,0 +1,200 @@
+"""The run's identity, where its files go, logging, and config IO: the part of `BaseRunner` that touches disk."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from functools import cached_property
+from typing import Any
+from uuid import UUID, uuid5
+from warnings import warn
+
+from ..utils.decorators import on_main_process
+from ..utils.io import PathStr, load, save
+from .config import Config
+from .printing import install_print
+
+__all__ = ["Workspace"]
+
+LOG_FORMAT = "%(asctime)s [%(levelname)s] %(name)s: %(message)s"
+# Handlers this module attaches carry this attribute, so a later runner replaces them instead of stacking more.
+_HANDLER_MARK = "_danling_handler"
+
+
+class Workspace:
+    """Identity (`name`, `id`, `uuid`, `timestamp`), directories, logging and config IO of a runner."""
+
+    config: Config
+    timestamp: str
+    logger: logging.Logger | None = None
+    writer: Any | None = None
+
+    @cached_property
+    def name(self) -> str:
+        """`config.name` if set, else `f"{experiment_name}-{run_name}"`."""
+        if self.config.get("name") is not None:
+            return self.config["name"]
+        return f"{self.config.experiment_name}-{self.config.run_name}"
+
+    @cached_property
+    def id(self) -> str:
+        """`f"{experiment_id:.8}{run_id:.8}"`: the first 8 characters of each."""
+        return f"{self.config.experiment_id:.8}{self.config.run_id:.8}"
+
+    @cached_property
+    def uuid(self) -> UUID:
+        """`uuid5(config.run_uuid, self.id)`."""
+        return uuid5(self.config.run_uuid, self.id)
+
+    @property
+    def dir(self) -> str:
+        """Directory of the run: `config.dir` if set, else `{project_root}/{name}-{id}/{timestamp}`.
+
+        The main process creates it on first use; other processes never write files.
+        """
+        if self.config.get("dir") is not None:
+            return self._ensure_dir(self.config["dir"])
+        return self._ensure_dir(os.path.join(self.config.project_root, f"{self.name}-{self.id}", self.timestamp))
+
+    @cached_property
+    def log_path(self) -> str:
+        """Path of the log file: `config.log_path` if set, else `run.log` in the run directory."""
+        if self.config.get("log_path") is not None:
+            return self.config["log_path"]
+        return os.path.join(self.dir, "run.log")
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """Directory of checkpoints: `config.checkpoint_dir` if set, else `dir/checkpoint_dir_name`."""
+        if self.config.get("checkpoint_dir") is not None:
+            return self._ensure_dir(self.config["checkpoint_dir"])
+        return self._ensure_dir(os.path.join(self.dir, self.config.checkpoint_dir_name))
+
+    def _ensure_dir(self, path: str) -> str:
+        if self.is_main_process:  # type: ignore[attr-defined]
+            os.makedirs(path, exist_ok=True)
+        return path
+
+    def check_dir(self, action: str = "warn") -> bool:
+        """Whether the run directory is empty; if not, warn, raise or ignore as `action` says.
+
+        Args:
+            action: One of `"warn"`, `"raise"`, `"ignore"`.
+
+        Raises:
+            ValueError: If `action` is not one of those.
+            RuntimeError: If `action` is `"raise"` and the directory is not empty.
+        """
+        if action not in ("warn", "raise", "ignore"):
+            raise ValueError(f"check_dir action must be one of: warn, raise, ignore; got {action!r}")
+        if not os.listdir(self.dir):
+            return True
+        if action == "warn":
+            warn(f"directory {self.dir!r} is not empty", category=RuntimeWarning, stacklevel=2)
+        elif action == "raise":
+            raise RuntimeError(f"directory {self.dir!r} is not empty")
+        return False
+
+    @on_main_process
+    def init_logging(self) -> None:
+        """Log to stdout and to `log_path` through the `danling` logger (and capture warnings).
+
+        Handlers from an earlier runner in the same process are replaced, not stacked.
+        """
+        root = logging.getLogger("danling")
+        formatter = logging.Formatter(LOG_FORMAT)
+        stdout = logging.StreamHandler(sys.stdout)
+        stdout.setLevel(logging.INFO)
+        os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
+        logfile = logging.FileHandler(self.log_path, mode="a", encoding="utf-8")
+        logfile.setLevel(logging.DEBUG)
+        warnings_logger = logging.getLogger("py.warnings")
+        for target in (root, warnings_logger):
+            for handler in [h for h in target.handlers if getattr(h, _HANDLER_MARK, False)]:
+                target.removeHandler(handler)
+                handler.close()
+        for handler in (stdout, logfile):
+            handler.setFormatter(formatter)
+            setattr(handler, _HANDLER_MARK, True)
+            root.addHandler(handler)
+            warnings_logger.addHandler(handler)
+        root.setLevel(logging.DEBUG)
+        root.propagate = False
+        logging.captureWarnings(True)
+        self.logger = logging.getLogger("danling.runner")
+
+    def init_print(self, process: int = 0) -> None:
+        """Make `print` rank-aware: it prints on `process` only (or with `force=True`), through the log if `log`.
+
+        The replacement is installed into `builtins` once per process and re-bound to the newest runner;
+        `danling.runner.printing.restore_print()` undoes it.
+
+        Args:
+            process: The rank that prints.
+        """
+        install_print(self, process)
+
+    def init_tensorboard(self, *args: Any, **kwargs: Any) -> None:
+        """Set up a TensorBoard writer; implemented by platform runners such as `TorchRunner`."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement init_tensorboard")
+
+    def save(self, obj: Any, file: PathStr, main_process_only: bool = True, *args: Any, **kwargs: Any) -> PathStr:
+        """Save `obj` with [`danling.save`][danling.utils.io.save] (atomic), on the main process only by default.
+
+        Unlike the reference implementation, a failed write raises (with the path in the message).
+        """
+        if main_process_only and not self.is_main_process:  # type: ignore[attr-defined]
+            return file
+        return save(obj, file, *args, **kwargs)
+
+    @staticmethod
+    def load(file: PathStr, *args: Any, **kwargs: Any) -> Any:
+        """Load a file by its extension; identical to [`danling.load`][danling.utils.io.load]."""
+        return load(file, *args, **kwargs)
+
+    def json(self, file: PathStr, main_process_only: bool = True, *args: Any, **kwargs: Any) -> None:
+        """Dump the config to a JSON file, atomically, on the main process only by default."""
+        self.save(self.config.dict(), _with_extension(file, "json"), main_process_only, *args, **kwargs)
+
+    def jsons(self, *args: Any, **kwargs: Any) -> str:
+        """The config as a JSON string."""
+        return self.config.jsons(*args, **kwargs)
+
+    @classmethod
+    def from_json(cls, file: PathStr, *args: Any, **kwargs: Any) -> Any:
+        """Build a runner from a JSON config file (through [`from_jsons`][danling.BaseRunner.from_jsons])."""
+        with open(file, encoding="utf-8") as fp:
+            return cls.from_jsons(fp.read(), *args, **kwargs)
+
+    @classmethod
+    def from_jsons(cls, string: str, *args: Any, **kwargs: Any) -> Any:
+        """Build a runner from a JSON config string."""
+        return cls(Config.from_jsons(string, *args, **kwargs))  # type: ignore[call-arg]
+
+    def yaml(self, file: PathStr, main_process_only: bool = True, *args: Any, **kwargs: Any) -> None:
+        """Dump the config to a YAML file, atomically, on the main process only by default."""
+        self.save(self.config.dict(), _with_extension(file, "yaml"), main_process_only, *args, **kwargs)
+
+    def yamls(self, *args: Any, **kwargs: Any) -> str:
+        """The config as a YAML string."""
+        return self.config.yamls(*args, **kwargs)
+
+    @classmethod
+    def from_yaml(cls, file: PathStr, *args: Any, **kwargs: Any) -> Any:
+        """Build a runner from a YAML config file (through [`from_yamls`][danling.BaseRunner.from_yamls])."""
+        with open(file, encoding="utf-8") as fp:
+            return cls.from_yamls(fp.read(), *args, **kwargs)
+
+    @classmethod
+    def from_yamls(cls, string: str, *args: Any, **kwargs: Any) -> Any:
+        """Build a runner from a YAML config string."""
+        return cls(Config.from_yamls(string, *args, **kwargs))  # type: ignore[call-arg]
+
+
+def _with_extension(file: PathStr, kind: str) -> PathStr:
+    # The writer is chosen by extension; a JSON dump named "config.txt" must still be JSON.
+    extension = os.path.splitext(os.fspath(file))[1].lstrip(".").lower()
+    if (kind == "json" and extension != "json") or (kind == "yaml" and extension not in ("yaml", "yml")):
+        raise ValueError(f"{kind} file must end in .{kind}, got {os.fspath(file)!r}")
+    return file

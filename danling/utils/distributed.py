@@ -1,0 +1,118 @@
+"""Distributed plumbing: the one module (besides DDP wrapping) that talks to `torch.distributed`.
+
+Every function works unchanged on a single process, where it is the identity (or a no-op). The device a
+collective runs on follows the backend: tensors go to the CPU for `gloo` and to the current CUDA device for
+`nccl`, and come back on the device they came from.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import distributed as dist
+
+__all__ = [
+    "all_gather_object",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "collective_device",
+    "gather_tensor",
+    "get_local_rank",
+    "get_rank",
+    "get_world_size",
+    "is_distributed",
+]
+
+
+def is_distributed() -> bool:
+    """Whether a process group is initialised and holds more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_world_size() -> int:
+    """Number of processes in the default group, 1 when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def get_rank() -> int:
+    """Global rank of this process, 0 when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return 0
+
+
+def get_local_rank() -> int:
+    """Rank of this process on its node, read from `LOCAL_RANK` as set by `torchrun`."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def collective_device() -> torch.device:
+    """The device tensors must be on for a collective of the current backend."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of `tensor` over every process, returned on the tensor's own device; the input is not modified."""
+    if not is_distributed():
+        return tensor
+    reduced = tensor.detach().to(collective_device(), copy=True)
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced.to(tensor.device)
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of `tensor` over every process, returned on the tensor's own device; the input is not modified."""
+    if not is_distributed():
+        return tensor
+    return all_reduce_sum(tensor) / get_world_size()
+
+
+def gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` from every process along dimension 0, in rank order, on every process.
+
+    Processes may hold different numbers of rows (uneven shards); the trailing dimensions must agree.
+    """
+    if not is_distributed():
+        return tensor
+    device = collective_device()
+    local = tensor.detach().to(device).contiguous()
+    sizes = all_gather_object(local.shape[0])
+    longest = max(sizes)
+    if local.shape[0] < longest:
+        padding = local.new_zeros((longest - local.shape[0], *local.shape[1:]))
+        local = torch.cat([local, padding])
+    buffers = [torch.empty_like(local) for _ in sizes]
+    dist.all_gather(buffers, local)
+    return torch.cat([buffer[:size] for buffer, size in zip(buffers, sizes)]).to(tensor.device)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every process's `obj`, as a list in rank order, on every process."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """`obj` as held by process `src`, on every process."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=collective_device())
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait until every process arrives here; a no-op on a single process."""
+    if is_distributed():
+        dist.barrier()

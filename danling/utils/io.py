@@ -1,0 +1,300 @@
+"""Saving and loading by file extension, with every write made atomic.
+
+A write goes to a temporary file in the destination's directory, is flushed and fsynced, and is renamed over the
+destination; the directory is then fsynced so the rename itself survives a power cut. A crash at any instant leaves
+either the previous file or the new one, never a truncated mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from typing import IO, Any
+
+import numpy as np
+import yaml
+
+__all__ = [
+    "PathStr",
+    "atomic_copy",
+    "atomic_write",
+    "fsync_dir",
+    "is_json_serializable",
+    "load",
+    "save",
+    "to_builtin",
+]
+
+PathStr = str | os.PathLike
+
+# `mkstemp` makes files readable by their owner only; a saved file gets the mode `open()` would give it instead.
+# Read once, at import: reading the umask means setting it, which would race with other threads creating files.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def fsync_dir(directory: PathStr) -> None:
+    """Flush a directory entry to disk, so that a rename inside it is durable.
+
+    Platforms that cannot open a directory (Windows) skip this silently: there the rename is already durable.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        # Some filesystems (and all directories on some platforms) refuse fsync on a directory; nothing to do.
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(path: PathStr, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """Open a temporary file beside `path`; on success, make it `path` in one rename.
+
+    If the block raises, the temporary file is removed and `path` is untouched. An `OSError` (disk full,
+    permission denied) is re-raised with `path` in its message.
+
+    Args:
+        path: Destination file.
+        mode: `"wb"` or `"w"`.
+        encoding: Text encoding when `mode` is `"w"` (defaults to UTF-8).
+
+    Examples:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.txt")
+        >>> with atomic_write(path, "w") as fp:
+        ...     _ = fp.write("hello")
+        >>> open(path).read()
+        'hello'
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write {path!r}: {error.strerror}") from error
+    try:
+        with os.fdopen(fd, mode, encoding=encoding or ("utf-8" if mode == "w" else None)) as fp:
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
+            yield fp
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.replace(tmp_path, path)
+    except BaseException as error:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp_path)
+        if isinstance(error, OSError) and path not in str(error):
+            raise OSError(error.errno, f"cannot write {path!r}: {error.strerror or error}") from error
+        raise
+    fsync_dir(directory)
+
+
+def atomic_copy(source: PathStr, destination: PathStr) -> None:
+    """Make `destination` a copy of `source` atomically, by a hard link where the filesystem allows it.
+
+    Files written through [`atomic_write`][danling.utils.io.atomic_write] are never modified in place, so a hard
+    link is as good as a copy: replacing `source` later gives it a new inode and leaves `destination` alone.
+    """
+    source, destination = os.fspath(source), os.fspath(destination)
+    directory = os.path.dirname(os.path.abspath(destination))
+    tmp_path = os.path.join(directory, f".{os.path.basename(destination)}.{os.getpid()}.link")
+    try:
+        try:
+            os.link(source, tmp_path)
+        except FileExistsError:
+            os.unlink(tmp_path)
+            os.link(source, tmp_path)
+        except OSError:
+            # Filesystems without hard links: fall back to a real, fsynced copy.
+            with open(source, "rb") as src, atomic_write(destination) as dst:
+                shutil.copyfileobj(src, dst, length=16 << 20)
+            return
+        os.replace(tmp_path, destination)
+        if os.path.lexists(tmp_path):  # rename() does nothing when both names already link to the same file
+            os.unlink(tmp_path)
+    except OSError as error:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise OSError(error.errno, f"cannot write {destination!r}: {error.strerror or error}") from error
+    fsync_dir(directory)
+
+
+def to_builtin(obj: Any) -> Any:
+    """Convert tensors, arrays, numpy scalars and mappings to plain Python for JSON and YAML."""
+    if isinstance(obj, Mapping):
+        return {key: to_builtin(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_builtin(value) for value in obj]
+    if hasattr(obj, "tolist"):  # torch.Tensor, np.ndarray, np.generic
+        return obj.tolist()
+    if hasattr(obj, "value") and hasattr(obj, "name") and type(obj).__module__ != "builtins":  # Enum
+        return obj.value
+    return obj
+
+
+def is_json_serializable(obj: Any) -> bool:
+    """Whether `json.dumps` accepts `obj` as it is.
+
+    Examples:
+        >>> is_json_serializable({"a": [1, 2.0, None]})
+        True
+        >>> is_json_serializable({1, 2})
+        False
+    """
+    try:
+        json.dumps(obj)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _save_json(obj: Any, path: str, **kwargs: Any) -> None:
+    kwargs.setdefault("indent", 4)
+    with atomic_write(path, "w") as fp:
+        json.dump(to_builtin(obj), fp, **kwargs)
+
+
+def _save_yaml(obj: Any, path: str, **kwargs: Any) -> None:
+    kwargs.setdefault("sort_keys", False)
+    with atomic_write(path, "w") as fp:
+        yaml.safe_dump(to_builtin(obj), fp, **kwargs)
+
+
+def _save_torch(obj: Any, path: str, **kwargs: Any) -> None:
+    import torch
+
+    with atomic_write(path) as fp:
+        torch.save(obj, fp, **kwargs)
+
+
+def _save_npy(obj: Any, path: str, **kwargs: Any) -> None:
+    with atomic_write(path) as fp:
+        np.save(fp, obj, **kwargs)
+
+
+def _save_npz(obj: Any, path: str, **kwargs: Any) -> None:
+    with atomic_write(path) as fp:
+        if isinstance(obj, Mapping):
+            np.savez(fp, **obj, **kwargs)
+        else:
+            np.savez(fp, obj, **kwargs)
+
+
+def _save_text(obj: Any, path: str, **kwargs: Any) -> None:
+    with atomic_write(path, "w") as fp:
+        fp.write(obj if isinstance(obj, str) else "\n".join(map(str, obj)) if isinstance(obj, list) else str(obj))
+
+
+def _load_json(path: str, **kwargs: Any) -> Any:
+    with open(path, encoding="utf-8") as fp:
+        return json.load(fp, **kwargs)
+
+
+def _load_yaml(path: str, **kwargs: Any) -> Any:
+    with open(path, encoding="utf-8") as fp:
+        return yaml.safe_load(fp, **kwargs)
+
+
+def _load_torch(path: str, **kwargs: Any) -> Any:
+    import torch
+
+    # Loading a checkpoint must never run code from the file.
+    kwargs.setdefault("weights_only", True)
+    kwargs.setdefault("map_location", "cpu")
+    return torch.load(path, **kwargs)
+
+
+def _load_npy(path: str, **kwargs: Any) -> Any:
+    return np.load(path, **kwargs)
+
+
+def _load_text(path: str, **kwargs: Any) -> Any:
+    with open(path, encoding="utf-8") as fp:
+        return fp.read()
+
+
+SAVERS: dict[str, Callable[..., None]] = {
+    "json": _save_json,
+    "yaml": _save_yaml,
+    "yml": _save_yaml,
+    "pth": _save_torch,
+    "pt": _save_torch,
+    "ckpt": _save_torch,
+    "npy": _save_npy,
+    "npz": _save_npz,
+    "txt": _save_text,
+}
+
+LOADERS: dict[str, Callable[..., Any]] = {
+    "json": _load_json,
+    "yaml": _load_yaml,
+    "yml": _load_yaml,
+    "pth": _load_torch,
+    "pt": _load_torch,
+    "ckpt": _load_torch,
+    "npy": _load_npy,
+    "npz": _load_npy,
+    "txt": _load_text,
+}
+
+
+def _extension(path: str, table: Mapping[str, Any], action: str) -> str:
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    if extension not in table:
+        raise ValueError(
+            f"cannot {action} {path!r}: unknown extension {extension!r}; expected one of: {', '.join(table)}"
+        )
+    return extension
+
+
+def save(obj: Any, file: PathStr, *args: Any, **kwargs: Any) -> PathStr:
+    """Save `obj` to `file`, in the format its extension names, atomically.
+
+    Supported: `json`, `yaml`/`yml`, `pth`/`pt`/`ckpt` (torch), `npy`, `npz`, `txt`. Extra arguments go to the
+    underlying writer (`indent` for JSON, for instance).
+
+    Returns:
+        `file`.
+
+    Raises:
+        ValueError: If the extension is not supported.
+        OSError: If the file cannot be written; the message names the path and any earlier file is intact.
+
+    Examples:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "result.json")
+        >>> _ = save({"acc": 0.9}, path)
+        >>> load(path)
+        {'acc': 0.9}
+    """
+    path = os.fspath(file)
+    SAVERS[_extension(path, SAVERS, "save")](obj, path, *args, **kwargs)
+    return file
+
+
+def load(file: PathStr, *args: Any, **kwargs: Any) -> Any:
+    """Load `file` in the format its extension names.
+
+    Torch files load with `weights_only=True` and onto the CPU unless told otherwise, so a checkpoint from an
+    untrusted source cannot run code.
+
+    Raises:
+        FileNotFoundError: If `file` does not exist.
+        ValueError: If the extension is not supported.
+    """
+    path = os.fspath(file)
+    loader = LOADERS[_extension(path, LOADERS, "load")]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"cannot load {path!r}: no such file")
+    return loader(path, *args, **kwargs)

@@ -1,0 +1,58 @@
+"""Shared fixtures: configs rooted at `tmp_path`, and a launcher for real multi-process runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Scripts launched under torchrun run on import: doctest collection must not import them.
+collect_ignore_glob = ["*/dist_scripts/*"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Shared toy models and runners (tests/toys.py) for the tests and the scripts they launch.
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, for a torchrun rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_distributed(
+    script: str | Path, *args: str, nproc: int = 2, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    """Run `script` under `python -m torch.distributed.run` with `nproc` real processes on the gloo backend.
+
+    Raises `AssertionError` with both output streams when the run fails, so a test shows why.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(script),
+        *args,
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    assert completed.returncode == 0, (
+        f"distributed run failed:\nSTDOUT:\n{completed.stdout}\nSTDERR:\n{completed.stderr}"
+    )
+    return completed
+
+
+@pytest.fixture(scope="session")
+def distributed_runner():
+    """The `run_distributed` launcher, as a fixture."""
+    return run_distributed

@@ -1,0 +1,79 @@
+"""Two real processes on gloo: DDP training, evaluation that counts each sample once, files written once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from toys import ClassificationRunner, make_config
+
+SCRIPT = Path(__file__).parent / "dist_scripts" / "train_two_processes.py"
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, distributed_runner):
+    output = tmp_path_factory.mktemp("dist")
+    distributed_runner(SCRIPT, str(output), str(output / "experiments"), *(["--metrics"] if has_metrics() else []))
+    return [json.loads((output / f"rank{rank}.json").read_text()) for rank in (0, 1)], output
+
+
+def has_metrics() -> bool:
+    import danling
+
+    return hasattr(danling.metrics, "multiclass_metrics")
+
+
+def test_parameters_are_identical_on_both_ranks_after_training(two_ranks):
+    (rank0, rank1), _ = two_ranks
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["parameters"] == rank1["parameters"]
+
+
+def test_both_ranks_share_run_id_directory_and_seed(two_ranks):
+    (rank0, rank1), _ = two_ranks
+    assert rank0["id"] == rank1["id"]
+    assert rank0["dir"] == rank1["dir"]
+    assert rank0["seed"] == rank1["seed"]
+
+
+def test_logged_training_loss_is_the_mean_over_ranks(two_ranks):
+    (rank0, rank1), _ = two_ranks
+    pairs = [(a, b) for a, b in zip(rank0["logged"], rank1["logged"]) if a["split"] == "train"]
+    assert pairs and len(rank0["logged"]) == len(rank1["logged"])
+    assert any(a["local"] != b["local"] for a, b in pairs), "equal local losses could not reveal a missing reduction"
+    for a, b in pairs:
+        mean = (a["local"] + b["local"]) / 2
+        assert a["logged"] == pytest.approx(mean, rel=1e-6)
+        assert b["logged"] == pytest.approx(mean, rel=1e-6)
+
+
+def test_only_rank_zero_writes_files(two_ranks):
+    (rank0, rank1), _ = two_ranks
+    assert rank1["writes"] == []
+    assert any("latest.pth" in write for write in rank0["writes"])
+    assert Path(rank0["dir"], "checkpoints", "latest.pth").is_file()
+
+
+def test_evaluation_counts_every_sample_once(two_ranks, tmp_path):
+    (rank0, rank1), _ = two_ranks
+    single = ClassificationRunner(make_config(tmp_path, samples=96, val_samples=101, with_metrics=has_metrics()))
+    expected = single.evaluate(["val"])["val"].dict()
+    assert rank0["initial_eval"].keys() == expected.keys()
+    for key, value in expected.items():
+        assert rank0["initial_eval"][key] == pytest.approx(value, rel=1e-5), key
+        assert rank1["initial_eval"][key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_infer_gathers_predictions_in_dataset_order(two_ranks, tmp_path):
+    (rank0, rank1), _ = two_ranks
+    assert rank0["predictions"] == rank1["predictions"]
+    assert len(rank0["predictions"]) == 101
+    single = ClassificationRunner(make_config(tmp_path, samples=96, val_samples=101))
+    model = single.model
+    with torch.no_grad():
+        for parameter, values in zip(model.parameters(), rank0["parameters"]):
+            parameter.copy_(torch.tensor(values).view_as(parameter))
+    expected = single.infer("val")
+    torch.testing.assert_close(torch.tensor(rank0["predictions"]), expected, rtol=1e-5, atol=1e-6)

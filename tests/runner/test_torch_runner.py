@@ -1,0 +1,259 @@
+"""TorchRunner: loops, accumulation, precision, seeding, data order and results, against independent oracles."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+from torch import nn
+from toys import ClassificationRunner, IndexDataset, RegressionRunner, make_config, regression_data
+
+import danling as dl
+
+
+class LinearOnIndex(dl.TorchRunner):
+    """y = w * x on IndexDataset; the loss needs no model output beyond the prediction."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = nn.Linear(1, 1, bias=False)
+        self.criterion = nn.MSELoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.config.get("lr", 0.0))
+        self.datasets.train = IndexDataset(self.config.get("samples") or 10)
+        if self.config.get("inf_samples"):
+            self.datasets.inf = IndexDataset(self.config.inf_samples)
+
+
+def test_accum_steps_2_steps_optimizer_every_other_iter(tmp_path):
+    config = make_config(tmp_path, epoch_end=1, accum_steps=2, samples=40, dataloader={"batch_size": 4})
+    runner = RegressionRunner(config)
+    steps_seen = []
+    original_step = runner.step
+    runner.step = lambda: (steps_seen.append(runner.config.iters), original_step())
+    runner.train(evaluate_splits=[])
+    assert runner.config.iters == 10
+    assert runner.config.steps == 5
+    assert steps_seen == [2, 4, 6, 8, 10]
+
+
+def test_accumulation_matches_a_double_batch_without_accumulation(tmp_path):
+    accumulated = RegressionRunner(
+        make_config(tmp_path / "a", epoch_end=2, accum_steps=2, samples=40, dataloader={"batch_size": 4})
+    )
+    accumulated.train(evaluate_splits=[])
+    plain = RegressionRunner(make_config(tmp_path / "b", epoch_end=2, samples=40, dataloader={"batch_size": 8}))
+    plain.train(evaluate_splits=[])
+    assert plain.config.steps == accumulated.config.steps == 10
+    for a, b in zip(accumulated.model.parameters(), plain.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_precision_runs_forward_in_bfloat16_on_cpu(tmp_path):
+    runner = RegressionRunner(make_config(tmp_path, epoch_end=1, precision="bf16", samples=16))
+    dtypes = []
+    runner.model.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    runner.train(evaluate_splits=[])
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+
+
+def test_unknown_precision_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="fp16, bf16"):
+        RegressionRunner(make_config(tmp_path, precision="int3"))
+
+
+def initial_weights(tmp_path, seed):
+    return copy.deepcopy(RegressionRunner(make_config(tmp_path, seed=seed)).model.state_dict())
+
+
+def test_different_seeds_give_different_weights_and_shuffles(tmp_path):
+    one, two = initial_weights(tmp_path / "1", 1), initial_weights(tmp_path / "2", 2)
+    assert not torch.equal(one["weight"], two["weight"])
+    orders = [list(RegressionRunner(make_config(tmp_path / str(s), seed=s)).datasamplers.train) for s in (1, 2)]
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])
+
+
+def test_same_seed_gives_identical_trained_weights(tmp_path):
+    trained = []
+    for name in ("a", "b"):
+        runner = RegressionRunner(make_config(tmp_path / name, seed=3, epoch_end=2, val_samples=16))
+        runner.train()
+        trained.append(runner.model.state_dict())
+    for key in trained[0]:
+        assert torch.equal(trained[0][key], trained[1][key])
+
+
+def test_seed_zero_is_reproducible(tmp_path):
+    assert torch.equal(initial_weights(tmp_path / "a", 0)["weight"], initial_weights(tmp_path / "b", 0)["weight"])
+    torch.manual_seed(0)
+    expected = nn.Linear(4, 1).weight.detach().clone()
+    assert torch.equal(initial_weights(tmp_path / "c", 0)["weight"], expected)
+
+
+def test_infer_returns_predictions_in_dataset_order(tmp_path):
+    runner = LinearOnIndex(make_config(tmp_path, inf_samples=23, dataloader={"batch_size": 5}))
+    with torch.no_grad():
+        runner.model.weight.fill_(2.0)
+    predictions = runner.infer("inf")
+    torch.testing.assert_close(predictions, torch.arange(23, dtype=torch.float32).unsqueeze(1) * 2)
+
+
+def test_evaluation_splits_are_never_shuffled(tmp_path):
+    runner = ClassificationRunner(make_config(tmp_path))
+    assert list(runner.dataloaders.val.sampler) == list(range(len(runner.datasets.val)))
+
+
+def test_epoch_loss_is_sample_weighted_over_every_batch(tmp_path):
+    # lr 0 keeps w fixed; batches of 4, 4, 2 samples; logging only at the first batch.
+    config = make_config(tmp_path, epoch_end=1, samples=10, log_interval=100, dataloader={"batch_size": 4})
+    runner = LinearOnIndex(config)
+    with torch.no_grad():
+        runner.model.weight.fill_(0.5)
+    runner.train(evaluate_splits=[])
+    x = torch.arange(10, dtype=torch.float64)
+    expected = ((0.5 * x - x) ** 2).mean().item()
+    assert runner.results[0]["train"]["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_train_records_every_split_each_epoch_and_loss_falls(tmp_path):
+    runner = ClassificationRunner(make_config(tmp_path, epoch_end=4))
+    results = runner.train()
+    assert sorted(results.keys()) == [0, 1, 2, 3]
+    assert all(set(results[epoch].keys()) == {"train", "val"} for epoch in results)
+    assert results[3]["train"]["loss"] < results[0]["train"]["loss"] / 2
+    assert os.path.isfile(os.path.join(runner.checkpoint_dir, "latest.pth"))
+
+
+def test_best_checkpoint_holds_the_weights_of_the_best_epoch(tmp_path):
+    runner = RegressionRunner(make_config(tmp_path, epoch_end=5, val_samples=16, score_name="loss", score_mode="max"))
+    snapshots = {}
+    original = runner.save_checkpoint
+
+    def snapshot_then_save(*args, **kwargs):
+        snapshots[runner.config.epochs] = copy.deepcopy(runner.model.state_dict())
+        original(*args, **kwargs)
+
+    runner.save_checkpoint = snapshot_then_save
+    runner.train()
+    best = runner.best_index  # score_mode=max on a falling loss: the first epoch is the best
+    assert best == 0
+    saved = torch.load(os.path.join(runner.checkpoint_dir, "best.pth"), weights_only=True)
+    for key, value in snapshots[best].items():
+        assert torch.equal(saved["model"][key], value)
+
+
+def test_save_interval_keeps_epoch_snapshots(tmp_path):
+    runner = RegressionRunner(make_config(tmp_path, epoch_end=4, save_interval=2))
+    runner.train()
+    assert sorted(f for f in os.listdir(runner.checkpoint_dir) if f.startswith("epoch")) == [
+        "epoch-1.pth",
+        "epoch-3.pth",
+    ]
+
+
+def test_save_checkpoints_off_writes_no_checkpoint(tmp_path):
+    runner = RegressionRunner(make_config(tmp_path, epoch_end=2, save_checkpoints=False))
+    runner.train()
+    assert os.listdir(runner.checkpoint_dir) == []
+
+
+def test_patience_stops_training_without_improvement(tmp_path):
+    runner = RegressionRunner(make_config(tmp_path, epoch_end=10, val_samples=16, score_mode="max", patience=2))
+    runner.train()
+    assert sorted(runner.results.keys()) == [0, 1, 2]
+
+
+def test_mapping_batches_pass_inputs_as_keyword_arguments(tmp_path):
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 1)
+
+        def forward(self, features):
+            return self.linear(features)
+
+    class MappingRunner(dl.TorchRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = Keyword()
+            self.criterion = nn.MSELoss()
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05)
+            data = regression_data(32)
+            self.datasets.train = [{"input": {"features": x}, "target": y} for x, y in data]
+
+    runner = MappingRunner(make_config(tmp_path, epoch_end=3))
+    results = runner.train(evaluate_splits=[])
+    assert results[2]["train"]["loss"] < results[0]["train"]["loss"]
+
+
+def test_per_split_dataloader_options_override_defaults(tmp_path):
+    config = make_config(tmp_path, val_samples=20, dataloader={"batch_size": 8, "val": {"batch_size": 5}})
+    runner = RegressionRunner(config)
+    assert runner.dataloaders.train.batch_size == 8
+    assert runner.dataloaders.val.batch_size == 5
+    assert len(runner.dataloaders.val) == 4
+
+
+def test_runner_without_model_or_datasets_constructs(tmp_path):
+    runner = dl.TorchRunner(make_config(tmp_path))
+    assert runner.model is None and not runner.dataloaders
+
+
+def test_max_grad_norm_clips_the_update(tmp_path):
+    runner = LinearOnIndex(
+        make_config(tmp_path, samples=8, lr=1.0, max_grad_norm=0.5, epoch_end=1, dataloader={"batch_size": 8})
+    )
+    with torch.no_grad():
+        runner.model.weight.fill_(0.0)
+    runner.train(evaluate_splits=[])
+    # One step of SGD with lr 1 moves the weight by the clipped gradient norm exactly.
+    assert runner.model.weight.abs().item() == pytest.approx(0.5, rel=1e-5)
+
+
+def test_ema_model_is_updated_and_used_for_evaluation(tmp_path):
+    class EMARunner(RegressionRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9)
+            )
+
+    runner = EMARunner(make_config(tmp_path, epoch_end=2, val_samples=16))
+    runner.train()
+    assert not torch.equal(runner.ema.module.weight, runner.model.weight)
+    assert runner.evaluation_model() is runner.ema.module or runner.evaluation_model() is runner.ema
+
+
+def test_tensorboard_writes_train_steps_and_epoch_results(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runner = RegressionRunner(make_config(tmp_path, epoch_end=2, val_samples=16, tensorboard=True, log_interval=2))
+    runner.train()
+    runner.writer.close()
+    events = EventAccumulator(os.path.join(runner.dir, "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/epoch/loss", "val/epoch/loss"} <= tags
+    assert [event.step for event in events.Scalars("val/epoch/loss")] == [0, 1]
+
+
+def test_runner_dispatches_on_platform(tmp_path):
+    assert isinstance(dl.Runner(make_config(tmp_path, platform="torch")), dl.TorchRunner)
+    with pytest.raises(ValueError, match="expected one of: auto, torch"):
+        dl.Runner(make_config(tmp_path, platform="tpu"))
+    with pytest.raises(NotImplementedError, match="deepspeed"):
+        dl.Runner(make_config(tmp_path, platform="deepspeed"))
+
+
+def test_runner_works_as_a_user_base_class(tmp_path):
+    class Mine(dl.Runner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = nn.Linear(4, 1)
+            self.criterion = nn.MSELoss()
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05)
+            self.datasets.train = regression_data(32)
+
+    results = Mine(make_config(tmp_path, epoch_end=2)).train()
+    assert len(results) == 2

@@ -1,0 +1,413 @@
+"""`danling.utils.io`: saving and loading by extension, and writes that are atomic under errors and kills."""
+
+from __future__ import annotations
+
+import enum
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import danling.utils.io as io_module
+from danling.utils.io import atomic_copy, atomic_write, is_json_serializable, load, save
+
+# The directory `danling` was imported from, so a child process imports the same package.
+PACKAGE_ROOT = Path(io_module.__file__).parents[2]
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Custom:
+    """An arbitrary class: a pickle of it must not load with `weights_only`."""
+
+    def __init__(self) -> None:
+        self.value = 42
+
+
+class Abort(BaseException):
+    """Not an `Exception`: like `KeyboardInterrupt`, without the risk of stopping pytest."""
+
+
+class ExplodingPickle:
+    """Pickling it raises, part way through a `torch.save`."""
+
+    def __reduce__(self):
+        raise RuntimeError("cannot pickle this")
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def nested_payload() -> dict:
+    return {
+        "name": "run",
+        "flag": True,
+        "missing": None,
+        "metrics": {
+            "loss": torch.tensor(0.25),
+            "scores": torch.tensor([1.0, 2.0]),
+            "count": np.int64(3),
+            "acc": np.float32(0.5),
+            "matrix": np.array([[1, 2], [3, 4]]),
+            "pair": (1, 2),
+        },
+        "colour": Colour.RED,
+    }
+
+
+PLAIN_PAYLOAD = {
+    "name": "run",
+    "flag": True,
+    "missing": None,
+    "metrics": {"loss": 0.25, "scores": [1.0, 2.0], "count": 3, "acc": 0.5, "matrix": [[1, 2], [3, 4]], "pair": [1, 2]},
+    "colour": "red",
+}
+
+
+def test_json_round_trip_converts_tensors_and_numpy_scalars_to_plain_python(tmp_path):
+    path = tmp_path / "result.json"
+    assert save(nested_payload(), path) == path
+    loaded = load(path)
+    assert loaded == PLAIN_PAYLOAD
+    assert type(loaded["metrics"]["count"]) is int
+    assert type(loaded["metrics"]["acc"]) is float
+    assert type(loaded["metrics"]["loss"]) is float
+
+
+@pytest.mark.parametrize("extension", ["yaml", "yml"])
+def test_yaml_round_trip_converts_tensors_and_numpy_scalars_to_plain_python(tmp_path, extension):
+    path = tmp_path / f"config.{extension}"
+    save(nested_payload(), path)
+    loaded = load(path)
+    assert loaded == PLAIN_PAYLOAD
+    assert type(loaded["metrics"]["count"]) is int
+    # safe_dump writes plain YAML: no python-specific tags a safe loader would reject.
+    assert "!!python" not in path.read_text()
+
+
+def test_yaml_keeps_key_order(tmp_path):
+    path = tmp_path / "ordered.yaml"
+    save({"zeta": 1, "alpha": 2, "mid": 3}, path)
+    assert list(load(path)) == ["zeta", "alpha", "mid"]
+
+
+@pytest.mark.parametrize("extension", ["pth", "pt", "ckpt"])
+def test_torch_round_trip_keeps_tensors_and_nested_structure(tmp_path, extension):
+    state = {"weight": torch.randn(3, 4), "step": 7, "nested": {"ids": torch.arange(5), "names": ["a", "b"]}}
+    path = tmp_path / f"model.{extension}"
+    save(state, path)
+    loaded = load(path)
+    assert torch.equal(loaded["weight"], state["weight"])
+    assert torch.equal(loaded["nested"]["ids"], state["nested"]["ids"])
+    assert loaded["step"] == 7
+    assert loaded["nested"]["names"] == ["a", "b"]
+
+
+def test_npy_round_trip_keeps_values_and_dtype(tmp_path):
+    array = np.arange(12, dtype=np.int16).reshape(3, 4)
+    path = tmp_path / "array.npy"
+    save(array, path)
+    loaded = load(path)
+    assert loaded.dtype == np.int16
+    np.testing.assert_array_equal(loaded, array)
+
+
+def test_npz_round_trip_of_a_mapping_keeps_every_array_by_name(tmp_path):
+    arrays = {"x": np.linspace(0, 1, 5), "y": np.array([1, 2, 3], dtype=np.int32)}
+    path = tmp_path / "arrays.npz"
+    save(arrays, path)
+    with load(path) as loaded:
+        assert sorted(loaded.files) == ["x", "y"]
+        np.testing.assert_array_equal(loaded["x"], arrays["x"])
+        np.testing.assert_array_equal(loaded["y"], arrays["y"])
+        assert loaded["y"].dtype == np.int32
+
+
+def test_npz_round_trip_of_a_single_array_stores_it_as_arr_0(tmp_path):
+    path = tmp_path / "single.npz"
+    save(np.eye(3), path)
+    with load(path) as loaded:
+        np.testing.assert_array_equal(loaded["arr_0"], np.eye(3))
+
+
+def test_txt_round_trip_of_a_string(tmp_path):
+    path = tmp_path / "notes.txt"
+    save("héllo\nworld", path)
+    assert load(path) == "héllo\nworld"
+    assert path.read_bytes() == "héllo\nworld".encode()
+
+
+def test_txt_writes_a_list_one_item_per_line(tmp_path):
+    path = tmp_path / "lines.txt"
+    save(["a", 1, 2.5], path)
+    assert load(path) == "a\n1\n2.5"
+
+
+def test_extension_is_matched_case_insensitively(tmp_path):
+    path = tmp_path / "UPPER.JSON"
+    save({"a": 1}, path)
+    assert load(path) == {"a": 1}
+
+
+def test_save_accepts_a_str_path_and_returns_it(tmp_path):
+    path = str(tmp_path / "result.json")
+    assert save([1, 2], path) == path
+    assert load(path) == [1, 2]
+
+
+def test_save_creates_missing_parent_directories(tmp_path):
+    path = tmp_path / "a" / "b" / "c.json"
+    save({"deep": True}, path)
+    assert load(path) == {"deep": True}
+
+
+def test_save_with_unknown_extension_raises_value_error_naming_it_and_the_supported_ones(tmp_path):
+    path = tmp_path / "table.csv"
+    with pytest.raises(ValueError, match="'csv'") as info:
+        save({"a": 1}, path)
+    message = str(info.value)
+    for extension in ("json", "yaml", "yml", "pth", "pt", "npy", "npz", "txt"):
+        assert extension in message
+    assert listing(tmp_path) == []
+
+
+def test_load_with_unknown_extension_raises_value_error_naming_it(tmp_path):
+    path = tmp_path / "table.csv"
+    path.write_text("a,b\n")
+    with pytest.raises(ValueError, match="'csv'") as info:
+        load(path)
+    assert "json" in str(info.value)
+
+
+def test_save_without_extension_raises_value_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown extension"):
+        save({"a": 1}, tmp_path / "noextension")
+
+
+def test_load_of_a_missing_file_raises_file_not_found_naming_the_path(tmp_path):
+    path = tmp_path / "absent.json"
+    with pytest.raises(FileNotFoundError) as info:
+        load(path)
+    assert str(path) in str(info.value)
+
+
+def test_torch_load_uses_weights_only_so_an_arbitrary_pickle_is_refused(tmp_path):
+    path = tmp_path / "untrusted.pth"
+    torch.save({"object": Custom()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load(path)
+
+
+def test_torch_load_of_an_arbitrary_pickle_works_when_explicitly_trusted(tmp_path):
+    path = tmp_path / "trusted.pth"
+    torch.save({"object": Custom()}, path)
+    assert load(path, weights_only=False)["object"].value == 42
+
+
+def test_is_json_serializable():
+    assert is_json_serializable({"a": [1, 2.0, None, "x"]})
+    assert not is_json_serializable({1, 2})
+    assert not is_json_serializable(torch.tensor(1.0))
+
+
+def test_saved_file_gets_the_same_permissions_as_a_file_made_by_open(tmp_path):
+    reference = tmp_path / "reference.txt"
+    reference.write_text("x")
+    saved = tmp_path / "saved.json"
+    save({"a": 1}, saved)
+    assert (saved.stat().st_mode & 0o777) == (reference.stat().st_mode & 0o777)
+
+
+def test_successful_saves_leave_no_temporary_files(tmp_path):
+    for index in range(3):
+        save({"step": index}, tmp_path / "result.json")
+        save(torch.ones(3) * index, tmp_path / "model.pth")
+    assert listing(tmp_path) == ["model.pth", "result.json"]
+
+
+def test_json_save_failing_mid_serialization_keeps_the_previous_file_and_no_temporary(tmp_path):
+    path = tmp_path / "result.json"
+    save({"epoch": 1}, path)
+    before = path.read_bytes()
+    # The first keys serialise (and are written) before the set makes json.dump raise.
+    with pytest.raises(TypeError):
+        save({"epoch": 2, "long": "x" * 100_000, "bad": {1, 2}}, path)
+    assert path.read_bytes() == before
+    assert load(path) == {"epoch": 1}
+    assert listing(tmp_path) == ["result.json"]
+
+
+def test_torch_save_failing_mid_pickle_keeps_the_previous_file_and_no_temporary(tmp_path):
+    path = tmp_path / "model.pth"
+    save({"weight": torch.zeros(4)}, path)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="cannot pickle this"):
+        save({"weight": torch.ones(1_000_000), "extra": ExplodingPickle()}, path)
+    assert path.read_bytes() == before
+    assert torch.equal(load(path)["weight"], torch.zeros(4))
+    assert listing(tmp_path) == ["model.pth"]
+
+
+def test_exception_inside_atomic_write_after_half_the_bytes_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"old contents")
+    payload = os.urandom(1 << 20)
+    with pytest.raises(Abort), atomic_write(path) as fp:
+        fp.write(payload[: len(payload) // 2])
+        fp.flush()
+        raise Abort
+    assert path.read_bytes() == b"old contents"
+    assert listing(tmp_path) == ["data.bin"]
+
+
+def test_atomic_write_replaces_the_file_on_success(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("old")
+    with atomic_write(path, "w") as fp:
+        fp.write("new ✓")
+    assert path.read_text(encoding="utf-8") == "new ✓"
+    assert listing(tmp_path) == ["data.txt"]
+
+
+def test_atomic_write_rejects_modes_other_than_w_and_wb(tmp_path):
+    with pytest.raises(ValueError, match="'a'"), atomic_write(tmp_path / "x.txt", "a"):
+        pass
+    assert listing(tmp_path) == []
+
+
+def test_save_where_the_parent_is_a_regular_file_raises_os_error_naming_the_path(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    path = blocker / "result.json"
+    with pytest.raises(OSError, match="cannot write") as info:
+        save({"a": 1}, path)
+    assert str(path) in str(info.value)
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions and a non-root user")
+def test_save_into_a_read_only_directory_raises_os_error_naming_the_path(tmp_path):
+    directory = tmp_path / "locked"
+    directory.mkdir()
+    path = directory / "result.json"
+    directory.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError) as info:
+            save({"a": 1}, path)
+        assert str(path) in str(info.value)
+    finally:
+        directory.chmod(0o700)
+    assert listing(directory) == []
+
+
+def test_save_over_a_directory_raises_os_error_naming_the_path_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "taken.json"
+    path.mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        save({"a": 1}, path)
+    assert str(path) in str(info.value)
+    assert path.is_dir()
+    assert listing(tmp_path) == ["taken.json"]
+
+
+def test_atomic_copy_makes_an_identical_file_that_survives_a_later_save_of_the_source(tmp_path):
+    source, copy = tmp_path / "latest.pth", tmp_path / "best.pth"
+    save({"weight": torch.full((8,), 1.0)}, source)
+    atomic_copy(source, copy)
+    assert copy.read_bytes() == source.read_bytes()
+
+    save({"weight": torch.full((8,), 2.0)}, source)
+    assert torch.equal(load(copy)["weight"], torch.full((8,), 1.0))
+    assert torch.equal(load(source)["weight"], torch.full((8,), 2.0))
+    assert listing(tmp_path) == ["best.pth", "latest.pth"]
+
+
+def test_atomic_copy_replaces_an_existing_destination(tmp_path):
+    source, copy = tmp_path / "latest.json", tmp_path / "best.json"
+    save({"score": 1}, copy)
+    save({"score": 2}, source)
+    atomic_copy(source, copy)
+    assert load(copy) == {"score": 2}
+    assert listing(tmp_path) == ["best.json", "latest.json"]
+
+
+def test_atomic_copy_onto_a_link_to_the_same_file_leaves_no_temporary(tmp_path):
+    source, copy = tmp_path / "latest.json", tmp_path / "best.json"
+    save({"score": 1}, source)
+    atomic_copy(source, copy)
+    atomic_copy(source, copy)
+    assert load(copy) == {"score": 1}
+    assert listing(tmp_path) == ["best.json", "latest.json"]
+
+
+def test_atomic_copy_of_a_missing_source_raises_and_creates_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        atomic_copy(tmp_path / "absent.json", tmp_path / "copy.json")
+    assert listing(tmp_path) == []
+
+
+# A child that saves one of three ~20 MiB tensors to the same path, over and over, until it is killed.
+WRITER = """
+import sys
+import torch
+from danling.utils.io import save
+
+versions = [torch.full((5 << 20,), float(value)) for value in range(3)]
+print("ready", flush=True)
+index = 0
+while True:
+    index += 1
+    save(versions[index % 3], sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_while_repeatedly_saving_never_leaves_a_file_that_fails_to_load(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    paths = [tmp_path / f"run{index}" / "model.pth" for index in range(3)]
+    for path in paths:
+        save(torch.full((5 << 20,), 0.0), path)
+
+    # Three writers at once, each killed at its own random moment: three kills for one interpreter start-up.
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        for path in paths
+    ]
+    try:
+        for child in children:
+            line = child.stdout.readline()
+            assert line.strip() == b"ready", child.stderr.read().decode() if child.poll() is not None else line
+        for child in children:
+            time.sleep(random.uniform(0.1, 0.5))
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=10)
+            assert child.returncode == -signal.SIGKILL
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            child.stdout.close()
+            child.stderr.close()
+
+    for path in paths:
+        tensor = load(path)
+        assert tensor.shape == (5 << 20,)
+        value = tensor[0].item()
+        assert value in {0.0, 1.0, 2.0}
+        assert torch.all(tensor == value)
