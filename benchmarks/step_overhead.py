@@ -10,6 +10,7 @@ process so that drift in machine load hits both alike; the figure is the ratio o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import statistics
 import tempfile
@@ -116,11 +117,13 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: s
     )
 
     runner_times, loop_times = [], []
-    runner_epoch(runner)  # warm-up both paths
-    hand_written_epoch(model, criterion, optimizer, loader, log_interval)
-    for _ in range(repeats):
-        runner_times.append(runner_epoch(runner))
-        loop_times.append(hand_written_epoch(model, criterion, optimizer, loader, log_interval))
+    # Both write their log lines to /dev/null: the comparison is of the loops, not of the terminal.
+    with contextlib.redirect_stdout(DEVNULL):
+        runner_epoch(runner)  # warm-up both paths
+        hand_written_epoch(model, criterion, optimizer, loader, log_interval)
+        for _ in range(repeats):
+            runner_times.append(runner_epoch(runner))
+            loop_times.append(hand_written_epoch(model, criterion, optimizer, loader, log_interval))
     runner_median, loop_median = statistics.median(runner_times), statistics.median(loop_times)
     quiet_items = count_item_calls_on_quiet_steps(runner)
     print(

@@ -37,10 +37,11 @@ class DigitsConfig(dl.Config):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # Plain mappings: nested sections must not receive the runner's top-level defaults.
         if "optim" not in self:
-            self.optim = dl.Config(type="adamw", lr=3e-3, weight_decay=1e-4)
+            self.optim = {"type": "adamw", "lr": 3e-3, "weight_decay": 1e-4}
         if "dataloader" not in self:
-            self.dataloader = dl.Config(batch_size=32)
+            self.dataloader = {"batch_size": 32}
 
 
 def digits_datasets(val_fraction: float, seed: int) -> tuple[TensorDataset, TensorDataset]:

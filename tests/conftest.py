@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-# Scripts launched under torchrun run on import: doctest collection must not import them.
-collect_ignore_glob = ["*/dist_scripts/*"]
+# Scripts launched as subprocesses (plain or under torchrun) run on import: doctest collection must not import them.
+collect_ignore_glob = ["*/dist_scripts/*", "*/scripts/*"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Shared toy models and runners (tests/toys.py) for the tests and the scripts they launch.

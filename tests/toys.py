@@ -19,8 +19,9 @@ def regression_data(samples: int, features: int = 4, seed: int = 0) -> TensorDat
 
 def classification_data(samples: int, features: int = 8, classes: int = 3, seed: int = 0) -> TensorDataset:
     """Separable classes: each sample is its class's centre plus noise."""
+    # The class centres are the same for every split; `seed` only draws the samples.
+    centres = torch.randn(classes, features, generator=torch.Generator().manual_seed(1234)) * 3
     generator = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, features, generator=generator) * 3
     labels = torch.randint(classes, (samples,), generator=generator)
     return TensorDataset(centres[labels] + torch.randn(samples, features, generator=generator), labels)
 
@@ -74,3 +75,64 @@ def make_config(root, **kwargs) -> dl.Config:
     if "dataloader" not in kwargs:
         config.dataloader.batch_size = 8
     return config
+
+
+class ResumableRunner(dl.TorchRunner):
+    """Everything resume must restore: dropout (RNG), momentum, a warmup-cosine schedule, EMA, metrics, shuffling.
+
+    `config.fail_at_iter` raises `Interrupted` right after that micro-batch, as a crash would.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+        self.criterion = nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        self.datasets.train = classification_data(self.config.get("samples") or 60, seed=0)
+        self.datasets.val = classification_data(self.config.get("val_samples") or 25, seed=1)
+        self.scheduler = dl.LRScheduler(self.optimizer, total_steps=self.total_steps, warmup_steps=0.2)
+        self.ema = torch.optim.swa_utils.AveragedModel(
+            self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9)
+        )
+        self.metrics = dl.metrics.multiclass_metrics(num_classes=3)
+
+    def train_step(self, batch):
+        loss = super().train_step(batch)
+        if self.config.get("fail_at_iter") is not None and self.config.iters == self.config.fail_at_iter:
+            raise Interrupted(f"interrupted after micro-batch {self.config.iters}")
+        return loss
+
+
+class Interrupted(RuntimeError):
+    """Stands for a crash in the middle of training."""
+
+
+def final_state(runner: dl.TorchRunner) -> dict:
+    """What two equivalent runs must agree on, bit for bit."""
+    return {
+        "model": {k: v.clone() for k, v in runner.unwrap(runner.model).state_dict().items()},
+        "ema": {k: v.clone() for k, v in runner.ema.state_dict().items()} if runner.ema is not None else None,
+        "optimizer": runner.optimizer.state_dict(),
+        "scheduler": runner.scheduler.state_dict() if runner.scheduler is not None else None,
+        "results": {index: result.dict() for index, result in runner.results.items()},
+        "best_index": runner.best_index,
+        "counters": (runner.config.iters, runner.config.steps, runner.config.epochs),
+    }
+
+
+def assert_bitwise_equal(a, b, path="state"):
+    """Recursive equality where tensors must match exactly (and NaN equals NaN)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(map(str, a))} != {sorted(map(str, b))}"
+        for key in a:
+            assert_bitwise_equal(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for index, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise_equal(x, y, f"{path}[{index}]")
+    elif isinstance(a, float) and a != a:
+        assert isinstance(b, float) and b != b, path
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"

@@ -105,6 +105,14 @@ class BaseMeter:
         """Sample-weighted mean over every process: the sum of sums over the sum of counts; collective."""
         return synchronise_meters([self])[1][0]
 
+    def state_dict(self) -> dict[str, Any]:
+        """This process's state, as Python numbers (reads tensors, so it may synchronise with the device)."""
+        return {"val": None if self._val is None else self.val, "sum": self.sum, "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from `state_dict`."""
+        self._val, self._sum, self.count = state["val"], state["sum"], state["count"]
+
     def __format__(self, format_spec: str) -> str:
         return f"{self.val:{format_spec}} ({self.avg:{format_spec}})"
 
@@ -178,21 +186,21 @@ def _union(keys: list[str]) -> list[str]:
     return list(merged)
 
 
-def iter_meters(mapping: Mapping, prefix: str = "") -> Iterator[tuple[str, BaseMeter]]:
+def _iter_meters(mapping: Mapping, prefix: str = "") -> Iterator[tuple[str, BaseMeter]]:
     """Every meter in a (possibly nested) mapping, with its dotted key."""
     for key, value in mapping.items():
         name = f"{prefix}{key}"
         if isinstance(value, BaseMeter):
             yield name, value
         elif isinstance(value, Mapping):
-            yield from iter_meters(value, f"{name}.")
+            yield from _iter_meters(value, f"{name}.")
 
 
 class _MeterReads:
     """Reads shared by flat and nested collections of meters; `_result` builds the mapping they return."""
 
     def _meters(self) -> list[tuple[str, BaseMeter]]:
-        return list(iter_meters(self))  # type: ignore[arg-type]
+        return list(_iter_meters(self))  # type: ignore[arg-type]
 
     def _result(self, items: Mapping[str, Any]) -> Any:
         raise NotImplementedError
@@ -241,6 +249,21 @@ class _MeterReads:
         for _, meter in self._meters():
             meter.reset()
 
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """Each meter's state on this process, by dotted key."""
+        return {key: meter.state_dict() for key, meter in self._meters()}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, Any]]) -> None:
+        """Restore the meters from `state_dict`, creating those this collection creates on use."""
+        for key, meter_state in state.items():
+            self._meter(key).load_state_dict(meter_state)
+
+    def _meter(self, key: str) -> BaseMeter:
+        meter = dict(self._meters()).get(key)
+        if meter is None:
+            raise KeyError(f"no meter {key!r}")
+        return meter
+
     def __format__(self, format_spec: str) -> str:
         return "\t".join(f"{key}: {meter:{format_spec}}" for key, meter in self._meters())
 
@@ -269,6 +292,9 @@ class AverageMeters(BaseMeters):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(AverageMeter, *args, **kwargs)
+
+    def _meter(self, key: str) -> BaseMeter:
+        return self[key]
 
     def update(self, *args: Mapping[str, Any], **values: Any) -> None:  # type: ignore[override]
         """Update the meters named by the keys, creating those that do not exist.
@@ -327,16 +353,20 @@ class MultiTaskAverageMeters(BaseMultiTaskMeters):
         """
         for mapping in (*args, values):
             for name, value in _flatten(mapping):
-                meter = NestedDict.get(self, name, None)
-                if meter is None:
-                    meter = AverageMeter()
-                    NestedDict.set(self, name, meter)
-                elif not isinstance(meter, AverageMeter):
-                    raise TypeError(f"{name!r} holds {type(meter).__name__}, not an AverageMeter")
+                meter = self._meter(name)
                 if isinstance(value, tuple):
                     meter.update(*value)
                 else:
                     meter.update(value)
+
+    def _meter(self, key: str) -> AverageMeter:
+        meter = NestedDict.get(self, key, None)
+        if meter is None:
+            meter = AverageMeter()
+            NestedDict.set(self, key, meter)
+        elif not isinstance(meter, AverageMeter):
+            raise TypeError(f"{key!r} holds {type(meter).__name__}, not an AverageMeter")
+        return meter
 
 
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

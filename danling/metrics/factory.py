@@ -7,8 +7,9 @@ Extra keyword arguments add metrics, replace one by name, or remove one when giv
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
+from typing import Any
 
 from .functional import Average, accuracy, auprc, auroc, f1_score, mcc, pearson, r2_score, rmse, spearman
 from .metrics import Metrics
@@ -29,17 +30,17 @@ def binary_metrics(ignore_index: int | None = None, threshold: float = 0.5, **me
         >>> import torch
         >>> metrics = binary_metrics(ignore_index=-100)
         >>> metrics.update(torch.tensor([0.2, 0.8, 0.6, 0.4]), torch.tensor([0, 1, 0, -100]))
-        >>> metrics.update(torch.tensor([2.0, -1.0]), torch.tensor([1, 1]))
+        >>> metrics.update(torch.tensor([0.9, 0.3]), torch.tensor([1, 1]))
         >>> {name: round(value, 4) for name, value in metrics.average().items()}
-        {'auroc': 1.0, 'auprc': 1.0, 'acc': 0.6, 'f1': 0.6667, 'mcc': 0.4082}
+        {'auroc': 0.8333, 'auprc': 0.9167, 'acc': 0.6, 'f1': 0.6667, 'mcc': 0.1667}
     """
-    task = {"task": "binary", "ignore_index": ignore_index}
-    defaults = {
-        "auroc": partial(auroc, **task),
-        "auprc": partial(auprc, **task),
-        "acc": partial(accuracy, threshold=threshold, **task),
-        "f1": partial(f1_score, threshold=threshold, **task),
-        "mcc": partial(mcc, threshold=threshold, **task),
+    task = partial(_bind, task="binary", ignore_index=ignore_index)
+    defaults: dict[str, Callable] = {
+        "auroc": task(auroc),
+        "auprc": task(auprc),
+        "acc": task(accuracy, threshold=threshold),
+        "f1": task(f1_score, threshold=threshold),
+        "mcc": task(mcc, threshold=threshold),
     }
     preprocess = partial(preprocess_binary, ignore_index=ignore_index)
     return Metrics(_merge(defaults, metrics), preprocess=preprocess)
@@ -65,15 +66,15 @@ def multiclass_metrics(
         >>> metrics.update(torch.tensor([[2.0, 0.5, 0.1], [0.2, 1.5, 0.3]]), torch.tensor([0, 2]))
         >>> metrics.update(torch.tensor([[0.1, 0.2, 3.0], [0.4, 2.2, 0.1]]), torch.tensor([2, 1]))
         >>> {name: round(value, 4) for name, value in metrics.average().items()}
-        {'auroc': 0.8889, 'auprc': 0.8333, 'acc': 0.75, 'f1': 0.7778, 'mcc': 0.6667}
+        {'auroc': 1.0, 'auprc': 1.0, 'acc': 0.75, 'f1': 0.7778, 'mcc': 0.7}
     """
-    task = {"task": "multiclass", "num_classes": num_classes, "ignore_index": ignore_index}
-    defaults = {
-        "auroc": partial(auroc, average=average, **task),
-        "auprc": partial(auprc, average=average, **task),
-        "acc": partial(accuracy, **task),
-        "f1": partial(f1_score, average=average, **task),
-        "mcc": partial(mcc, **task),
+    task = partial(_bind, task="multiclass", num_classes=num_classes, ignore_index=ignore_index)
+    defaults: dict[str, Callable] = {
+        "auroc": task(auroc, average=average),
+        "auprc": task(auprc, average=average),
+        "acc": task(accuracy),
+        "f1": task(f1_score, average=average),
+        "mcc": task(mcc),
     }
     preprocess = partial(preprocess_multiclass, num_classes=num_classes, ignore_index=ignore_index)
     return Metrics(_merge(defaults, metrics), preprocess=preprocess)
@@ -103,15 +104,15 @@ def multilabel_metrics(
         >>> metrics = multilabel_metrics(num_labels=2, mcc=None)
         >>> metrics.update(torch.tensor([[0.9, 0.2], [0.3, 0.8], [0.6, 0.7]]), torch.tensor([[1, 0], [0, 1], [0, 0]]))
         >>> {name: round(value, 4) for name, value in metrics.average().items()}
-        {'auroc': 1.0, 'auprc': 1.0, 'acc': 0.6667, 'f1': 0.8333}
+        {'auroc': 1.0, 'auprc': 1.0, 'acc': 0.6667, 'f1': 0.6667}
     """
-    task = {"task": "multilabel", "num_labels": num_labels, "ignore_index": ignore_index}
-    defaults = {
-        "auroc": partial(auroc, average=average, **task),
-        "auprc": partial(auprc, average=average, **task),
-        "acc": partial(accuracy, threshold=threshold, **task),
-        "f1": partial(f1_score, average=average, threshold=threshold, **task),
-        "mcc": partial(mcc, threshold=threshold, **task),
+    task = partial(_bind, task="multilabel", num_labels=num_labels, ignore_index=ignore_index)
+    defaults: dict[str, Callable] = {
+        "auroc": task(auroc, average=average),
+        "auprc": task(auprc, average=average),
+        "acc": task(accuracy, threshold=threshold),
+        "f1": task(f1_score, average=average, threshold=threshold),
+        "mcc": task(mcc, threshold=threshold),
     }
     preprocess = partial(preprocess_multilabel, num_labels=num_labels, ignore_index=ignore_index)
     return Metrics(_merge(defaults, metrics), preprocess=preprocess)
@@ -133,13 +134,18 @@ def regression_metrics(num_outputs: int = 1, **metrics: Callable | None) -> Metr
         >>> metrics.update(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 3.0]))
         >>> metrics.update(torch.tensor([3.0, 5.0]), torch.tensor([4.0, 4.0]))
         >>> {name: round(value, 4) for name, value in metrics.average().items()}
-        {'pearson': 0.7385, 'spearman': 0.7379, 'r2': 0.25, 'rmse': 0.866}
+        {'pearson': 0.8281, 'spearman': 0.9487, 'r2': 0.5, 'rmse': 0.866}
     """
-    defaults = {"pearson": pearson, "spearman": spearman, "r2": r2_score, "rmse": rmse}
+    defaults: dict[str, Callable] = {"pearson": pearson, "spearman": spearman, "r2": r2_score, "rmse": rmse}
     preprocess = partial(preprocess_regression, num_outputs=num_outputs)
     return Metrics(_merge(defaults, metrics), preprocess=preprocess)
 
 
-def _merge(defaults: dict[str, Callable], overrides: dict[str, Callable | None]) -> dict[str, Callable]:
+def _bind(metric: Callable, **options: Any) -> partial:
+    """`metric` with the task's options bound; a helper so each factory states its task's options once."""
+    return partial(metric, **options)
+
+
+def _merge(defaults: Mapping[str, Callable], overrides: Mapping[str, Callable | None]) -> dict[str, Callable]:
     merged: dict[str, Callable | None] = {**defaults, **overrides}
     return {name: metric for name, metric in merged.items() if metric is not None}

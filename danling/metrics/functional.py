@@ -22,7 +22,7 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from math import nan
 from typing import Literal
 
@@ -43,9 +43,13 @@ Task = Literal["binary", "multiclass", "multilabel"]
 Average = Literal["micro", "macro", "weighted"] | None
 OutputAverage = Literal["uniform"] | None
 
-# Negatives are scored against the sorted positives this many at a time, so the working memory of ranking metrics
-# is the positives of one class plus a fixed block, not a copy of every score.
-_BLOCK = 1 << 18
+# Boolean masks are counted with `count_nonzero`: `sum` first copies them to int64, eight bytes per element.
+
+# Ranking metrics sort the positives in runs of `_RUN` and stream everything else in blocks of `_BLOCK`, so their
+# working memory is the positives of one class plus a fixed amount: a single sort of n values takes about 20n bytes
+# (values, int64 indices and scratch), more than the scores it sorts.
+_BLOCK = 1 << 16
+_RUN = 1 << 18
 
 
 def accuracy(
@@ -77,17 +81,17 @@ def accuracy(
 
     Examples:
         >>> accuracy(torch.tensor([0.9, 0.2, 0.6, 0.4]), torch.tensor([1, 0, 0, 0]))
-        tensor(0.7500)
+        tensor(0.7500, dtype=torch.float64)
         >>> accuracy(torch.tensor([[2.0, 0.1], [0.3, 1.5]]), torch.tensor([0, 0]), task="multiclass")
-        tensor(0.5000)
+        tensor(0.5000, dtype=torch.float64)
     """
     if task == "binary":
         scores, labels = preprocess_binary(input, target, ignore_index)
-        correct = (_threshold(scores, threshold) == labels).sum()
+        correct = (_threshold(scores, threshold) == labels.bool()).count_nonzero()
         return _ratio(correct, labels.numel())
     if task == "multiclass":
         scores, labels = preprocess_multiclass(input, target, num_classes, ignore_index)
-        correct = (scores.argmax(dim=1) == labels).sum()
+        correct = (scores.argmax(dim=1) == labels).count_nonzero()
         return _ratio(correct, labels.numel())
     if task == "multilabel":
         scores, labels = preprocess_multilabel(input, target, num_labels, ignore_index)
@@ -95,7 +99,7 @@ def accuracy(
         prediction = _threshold(scores, threshold)
         right = (prediction & positive) | (~prediction & negative) | ~(positive | negative)
         scored = (positive | negative).any(dim=1)
-        return _ratio((right.all(dim=1) & scored).sum(), scored.sum())
+        return _ratio((right.all(dim=1) & scored).count_nonzero(), scored.count_nonzero())
     raise _task_error(task)
 
 
@@ -128,9 +132,9 @@ def auroc(
 
     Examples:
         >>> auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
-        tensor(0.7500)
+        tensor(0.7500, dtype=torch.float64)
         >>> auroc(torch.tensor([0.1, 0.4]), torch.tensor([1, 1]))
-        tensor(nan)
+        tensor(nan, dtype=torch.float64)
     """
     return _ranking("auroc", input, target, task, num_classes, num_labels, average, ignore_index)
 
@@ -163,7 +167,7 @@ def auprc(
 
     Examples:
         >>> auprc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
-        tensor(0.8333)
+        tensor(0.8333, dtype=torch.float64)
     """
     return _ranking("auprc", input, target, task, num_classes, num_labels, average, ignore_index)
 
@@ -196,11 +200,11 @@ def f1_score(
 
     Examples:
         >>> f1_score(torch.tensor([0.9, 0.2, 0.6, 0.4]), torch.tensor([1, 0, 0, 1]))
-        tensor(0.5000)
+        tensor(0.5000, dtype=torch.float64)
     """
     if task == "binary":
         scores, labels = preprocess_binary(input, target, ignore_index)
-        true_pos, false_pos, false_neg, _ = _binary_counts(_threshold(scores, threshold), labels)
+        true_pos, false_pos, false_neg, _ = _binary_counts(_threshold(scores, threshold), labels.bool())
         return 2 * true_pos / (2 * true_pos + false_pos + false_neg)
     _check_average(average)
     if task == "multiclass":
@@ -216,9 +220,9 @@ def f1_score(
         scores, labels = preprocess_multilabel(input, target, num_labels, ignore_index)
         prediction = _threshold(scores, threshold)
         positive, negative = labels == 1, labels == 0
-        true_pos = (prediction & positive).sum(dim=0).double()
-        false_pos = (prediction & negative).sum(dim=0).double()
-        support = positive.sum(dim=0).double()
+        true_pos = (prediction & positive).count_nonzero(dim=0).double()
+        false_pos = (prediction & negative).count_nonzero(dim=0).double()
+        support = positive.count_nonzero(dim=0).double()
         false_neg = support - true_pos
     else:
         raise _task_error(task)
@@ -257,17 +261,17 @@ def mcc(
 
     Examples:
         >>> mcc(torch.tensor([0.9, 0.2, 0.6, 0.4]), torch.tensor([1, 0, 0, 1]))
-        tensor(0.)
+        tensor(0., dtype=torch.float64)
     """
     if task == "binary":
         scores, labels = preprocess_binary(input, target, ignore_index)
-        return _binary_mcc(*_binary_counts(_threshold(scores, threshold), labels))
+        return _binary_mcc(*_binary_counts(_threshold(scores, threshold), labels.bool()))
     if task == "multiclass":
         scores, labels = preprocess_multiclass(input, target, num_classes, ignore_index)
         prediction = scores.argmax(dim=1)
         classes = scores.shape[1]
         support, predicted = _bincount(labels, classes), _bincount(prediction, classes)
-        correct = (prediction == labels).sum().double()
+        correct = (prediction == labels).count_nonzero().double()
         total = float(labels.numel())
         covariance = correct * total - (support * predicted).sum()
         spread = (total**2 - (predicted * predicted).sum()) * (total**2 - (support * support).sum())
@@ -276,10 +280,10 @@ def mcc(
         scores, labels = preprocess_multilabel(input, target, num_labels, ignore_index)
         prediction = _threshold(scores, threshold)
         positive, negative = labels == 1, labels == 0
-        true_pos = (prediction & positive).sum().double()
-        false_pos = (prediction & negative).sum().double()
-        false_neg = positive.sum() - true_pos
-        true_neg = negative.sum() - false_pos
+        true_pos = (prediction & positive).count_nonzero().double()
+        false_pos = (prediction & negative).count_nonzero().double()
+        false_neg = positive.count_nonzero() - true_pos
+        true_neg = negative.count_nonzero() - false_pos
         return _binary_mcc(true_pos, false_pos, false_neg, true_neg)
     raise _task_error(task)
 
@@ -383,7 +387,13 @@ def _ranking(
     if task == "binary":
         # Ranks are all these metrics use, and a sigmoid preserves them: logits are scored as they are.
         scores, labels = preprocess_binary(input, target, ignore_index)
-        return _rank_metric(metric, scores[labels], scores[~labels])
+        positive = labels.bool()
+        if metric == "auroc" and 2 * int(positive.count_nonzero()) > positive.numel():
+            # AUROC is unchanged by swapping the classes and negating the scores, and sorting the smaller class
+            # needs less memory.
+            negated = (block.neg_() for block in _blocks(scores, positive))
+            return _rank_metric(metric, _select(scores, positive, invert=True).neg_(), negated, scores.numel())
+        return _rank_metric(metric, _select(scores, positive), _blocks(scores, positive, invert=True), scores.numel())
     _check_average(average)
     if task == "multiclass":
         scores, labels = preprocess_multiclass(input, target, num_classes, ignore_index)
@@ -396,87 +406,144 @@ def _ranking(
 
 def _multiclass_ranking(metric: str, scores: Tensor, labels: Tensor, average: Average) -> Tensor:
     samples, classes = scores.shape
-    # A softmax mixes the classes of a sample, so ranks need true probabilities; they are made one class (or one
-    # block of samples) at a time from the log-normaliser rather than as a second copy of every score.
-    log_norm = None if is_probability(scores) else torch.logsumexp(scores, dim=1, keepdim=True)
+    rows = max(1, _BLOCK // max(classes, 1))
+    # A softmax mixes the classes of a sample, so ranks need true probabilities. They are made one class (or one
+    # block of samples) at a time from the log-normaliser, never as a second copy of every score.
+    log_norm = None
+    if not is_probability(scores):
+        log_norm = torch.cat([torch.logsumexp(block, dim=1, keepdim=True) for block in scores.split(rows)])
 
-    def probabilities(block: Tensor, norm: Tensor | None) -> Tensor:
-        return block if norm is None else (block - norm).exp()
+    def probabilities(block: Tensor, start: int) -> Tensor:
+        return block if log_norm is None else (block - log_norm[start : start + block.shape[0]]).exp()
 
     if average == "micro":
-        rows = torch.arange(samples, device=scores.device)
-        own = probabilities(scores[rows, labels].unsqueeze(1), log_norm).squeeze(1)
+        # scikit-learn's micro average: the one-hot targets and the scores flattened into one binary problem.
+        own = scores.gather(1, labels.unsqueeze(1))
 
         def others() -> Iterator[Tensor]:
-            step = max(1, _BLOCK // max(classes, 1))
-            for start in range(0, samples, step):
-                block = probabilities(scores[start : start + step], _slice(log_norm, start, step))
-                is_own = torch.nn.functional.one_hot(labels[start : start + step], classes).bool()
+            for start in range(0, samples, rows):
+                block = probabilities(scores[start : start + rows], start)
+                is_own = torch.nn.functional.one_hot(labels[start : start + rows], classes).bool()
                 yield block[~is_own]
 
-        return _rank_metric(metric, own, others())
+        return _rank_metric(metric, probabilities(own, 0).squeeze(1), others(), scores.numel())
 
     support = _bincount(labels, classes)
     bounds = [0, *torch.cumsum(support, 0).long().tolist()]
     order = torch.argsort(labels, stable=True)
     values = []
     for index in range(classes):
-        column = probabilities(scores[:, index : index + 1], log_norm).squeeze(1)[order]
+        # The class's scores with its positives gathered into one run: positives and negatives are then slices.
+        column = probabilities(scores[:, index : index + 1], 0).squeeze(1)[order]
         start, end = bounds[index], bounds[index + 1]
-        values.append(_rank_metric(metric, column[start:end], [column[:start], column[end:]]))
+        negatives = [block for part in (column[:start], column[end:]) for block in part.split(_BLOCK)]
+        values.append(_rank_metric(metric, column[start:end], negatives, samples))
     return _average(torch.stack(values), support, average)
 
 
 def _multilabel_ranking(metric: str, scores: Tensor, labels: Tensor, average: Average) -> Tensor:
     positive, negative = labels == 1, labels == 0
     if average == "micro":
-        step = max(1, _BLOCK // max(scores.shape[1], 1))
-        blocks = (scores[s : s + step][negative[s : s + step]] for s in range(0, scores.shape[0], step))
-        return _rank_metric(metric, scores[positive], blocks)
+        flat, positive_flat, negative_flat = scores.reshape(-1), positive.reshape(-1), negative.reshape(-1)
+        return _rank_metric(metric, _select(flat, positive_flat), _blocks(flat, negative_flat), flat.numel())
     values = [
-        _rank_metric(metric, scores[:, index][positive[:, index]], scores[:, index][negative[:, index]])
+        _rank_metric(
+            metric,
+            _select(scores[:, index], positive[:, index]),
+            _blocks(scores[:, index], negative[:, index]),
+            scores.shape[0],
+        )
         for index in range(scores.shape[1])
     ]
-    return _average(torch.stack(values), positive.sum(dim=0).double(), average)
+    return _average(torch.stack(values), positive.count_nonzero(dim=0).double(), average)
 
 
-def _rank_metric(metric: str, positives: Tensor, negatives: Tensor | Iterable[Tensor]) -> Tensor:
+def _rank_metric(metric: str, positives: Tensor, negatives: Iterable[Tensor], total: int) -> Tensor:
     """AUROC or average precision of one binary problem, in float64 (`nan` when undefined).
 
-    Only the positives are sorted; each negative is located among their distinct scores by binary search. Counting
-    negatives strictly below and tied with every distinct positive score gives both the Mann-Whitney form of AUROC
-    (a tie counts half, which is the trapezoid over distinct thresholds) and the precision at every threshold where
-    recall rises, which is what average precision sums.
+    The positives are sorted in place, in runs of `_RUN`, and the negatives streamed past them in blocks, each
+    located in every run by binary search: no step holds more than the positives, one count per positive, and a
+    block. `positives` must be a tensor the caller owns (it is reordered); `total` bounds the number of samples,
+    which picks the integer width of the counts.
     """
-    if isinstance(negatives, Tensor):
-        if metric == "auroc" and positives.numel() > negatives.numel():
-            # AUROC is unchanged by swapping the classes and negating the scores; sorting the smaller class is cheaper.
-            positives, negatives = negatives.neg(), positives.neg()
-        negatives = [negatives]
-    num_pos, device = positives.numel(), positives.device
-    if num_pos == 0:
-        return torch.tensor(nan, dtype=torch.float64, device=device)
-    thresholds, counts = torch.unique_consecutive(positives.sort().values, return_counts=True)
-    size = thresholds.numel() + 1
-    below = torch.zeros(size, dtype=torch.int64, device=device)
-    tied = torch.zeros(size, dtype=torch.int64, device=device)
-    num_neg = 0
-    for chunk in negatives:
-        for block in chunk.reshape(-1).split(_BLOCK):
-            # rank = number of distinct positive scores at or below the negative's score.
-            rank = torch.searchsorted(thresholds, block, right=True)
-            below += torch.bincount(rank, minlength=size)
-            tied.index_add_(0, rank, (thresholds[(rank - 1).clamp_(min=0)] == block).long())
-            num_neg += block.numel()
-    counts = counts.double()
-    less = below.cumsum(0)[:-1].double()
+    if positives.numel() == 0:
+        return torch.tensor(nan, dtype=torch.float64, device=positives.device)
+    runs = positives.split(_RUN)
+    for run in runs:
+        run.copy_(run.sort().values)
     if metric == "auroc":
-        if num_neg == 0:
-            return torch.tensor(nan, dtype=torch.float64, device=device)
-        return (counts * (less + 0.5 * tied[1:].double())).sum() / (num_pos * num_neg)
-    true_pos = num_pos - counts.cumsum(0) + counts
-    false_pos = num_neg - less
-    return (counts * true_pos / (true_pos + false_pos)).sum() / num_pos
+        return _auroc(runs, negatives)
+    return _average_precision(runs, negatives, torch.int32 if total < 2**31 else torch.int64)
+
+
+def _auroc(runs: Sequence[Tensor], negatives: Iterable[Tensor]) -> Tensor:
+    """AUROC from sorted runs of positive scores, as the Mann-Whitney statistic.
+
+    A negative scores 1 for every positive above it and 1/2 for every positive tied with it; with `left` and
+    `right` its insertion points among sorted positives, that is `P - (left + right) / 2`. Ties counting half is
+    exactly the trapezoid over distinct thresholds that scikit-learn integrates.
+    """
+    num_pos = sum(run.numel() for run in runs)
+    positions = torch.zeros((), dtype=torch.int64, device=runs[0].device)
+    num_neg = 0
+    for block in negatives:
+        for run in runs:
+            left = torch.searchsorted(run, block)
+            positions += left.add_(torch.searchsorted(run, block, right=True)).sum()
+        num_neg += block.numel()
+    if num_neg == 0:
+        return torch.tensor(nan, dtype=torch.float64, device=runs[0].device)
+    return 1 - positions.double() / (2 * num_pos * num_neg)
+
+
+def _average_precision(runs: Sequence[Tensor], negatives: Iterable[Tensor], dtype: torch.dtype) -> Tensor:
+    """Average precision from sorted runs of positive scores.
+
+    Recall rises by `1 / P` at each positive, where the precision counts every sample scoring at least as much, so
+    tied scores enter together as in scikit-learn: the result is the mean of those precisions over the positives.
+    """
+    num_pos, device = sum(run.numel() for run in runs), runs[0].device
+    # For each run, how many negatives reach exactly its first i elements (their insertion point is i).
+    reached = [torch.zeros(run.numel() + 1, dtype=dtype, device=device) for run in runs]
+    num_neg = 0
+    for block in negatives:
+        for run, counts in zip(runs, reached):
+            position = torch.searchsorted(run, block, right=True)
+            counts.index_add_(0, position, torch.ones_like(position, dtype=dtype))
+        num_neg += block.numel()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for run, counts in zip(runs, reached):
+        # Negatives at or above run[i]: those whose insertion point lies beyond i.
+        false_pos = counts.flip(0).cumsum(0, dtype=dtype).flip(0)[1:]
+        for start in range(0, run.numel(), _BLOCK):
+            scores = run[start : start + _BLOCK]
+            true_pos = torch.full_like(scores, num_pos, dtype=torch.int64)
+            for other in runs:
+                true_pos -= torch.searchsorted(other, scores)  # positives of that run scoring less
+            precision = true_pos.double() / (true_pos + false_pos[start : start + _BLOCK])
+            total += precision.sum(dtype=torch.float64)
+    return total / num_pos
+
+
+def _select(values: Tensor, mask: Tensor, invert: bool = False) -> Tensor:
+    """`values[mask]` (`values[~mask]` if `invert`) for 1-D tensors, built block by block.
+
+    Boolean indexing first lists the int64 position of every selected element, which for a large selection costs
+    twice the result; a block at a time it costs a block.
+    """
+    count = int(mask.count_nonzero())
+    selected = values.new_empty(mask.numel() - count if invert else count)
+    filled = 0
+    for part in _blocks(values, mask, invert):
+        selected[filled : filled + part.numel()] = part
+        filled += part.numel()
+    return selected
+
+
+def _blocks(values: Tensor, mask: Tensor, invert: bool = False) -> Iterator[Tensor]:
+    """`values[mask]` (`values[~mask]` if `invert`) for 1-D tensors, one block at a time."""
+    for block, block_mask in zip(values.split(_BLOCK), mask.split(_BLOCK)):
+        yield block[~block_mask if invert else block_mask]
 
 
 # Counting metrics
@@ -488,9 +555,9 @@ def _threshold(scores: Tensor, threshold: float) -> Tensor:
 
 
 def _binary_counts(prediction: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    true_pos = (prediction & labels).sum().double()
-    false_pos = prediction.sum() - true_pos
-    false_neg = labels.sum() - true_pos
+    true_pos = (prediction & labels).count_nonzero().double()
+    false_pos = prediction.count_nonzero() - true_pos
+    false_neg = labels.count_nonzero() - true_pos
     true_neg = labels.numel() - true_pos - false_pos - false_neg
     return true_pos, false_pos, false_neg, true_neg
 
@@ -575,7 +642,3 @@ def _check_output_average(average: OutputAverage) -> None:
 
 def _task_error(task: str) -> ValueError:
     return ValueError(f"task must be 'binary', 'multiclass' or 'multilabel', got {task!r}")
-
-
-def _slice(tensor: Tensor | None, start: int, length: int) -> Tensor | None:
-    return None if tensor is None else tensor[start : start + length]

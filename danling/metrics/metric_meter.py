@@ -14,10 +14,9 @@ from torch import Tensor
 
 from .average_meter import BaseMeter, BaseMeters, BaseMultiTaskMeters
 from .multitask import MISSING, add_tasks, iter_tasks, lookup
+from .preprocess import Preprocess
 
 __all__ = ["MetricMeter", "MetricMeters", "MultiTaskMetricMeters"]
-
-Preprocess = Callable[[Any, Any], tuple[Any, Any]]
 
 
 class MetricMeter(BaseMeter):

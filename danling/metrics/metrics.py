@@ -17,10 +17,9 @@ from torch import Tensor
 
 from ..utils.distributed import all_gather_object, gather_tensor, is_distributed
 from .multitask import MISSING, add_tasks, iter_tasks, lookup
+from .preprocess import Preprocess
 
 __all__ = ["Metrics", "MultiTaskMetrics"]
-
-Preprocess = Callable[[Any, Any], tuple[Any, Any]]
 
 
 class Metrics:
@@ -48,10 +47,10 @@ class Metrics:
         >>> metrics.update(torch.tensor([0.7, 0.1]), torch.tensor([1, 1]))
         >>> metrics.value().dict()
         {'auroc': nan, 'acc': 0.5}
-        >>> metrics.average().dict()
-        {'auroc': 0.5, 'acc': 0.6}
+        >>> {name: round(value, 4) for name, value in metrics.average().items()}
+        {'auroc': 0.6667, 'acc': 0.6}
         >>> f"{metrics:.4f}"
-        'auroc: nan (0.5000)\\tacc: 0.5000 (0.6000)'
+        'auroc: nan (0.6667)\\tacc: 0.5000 (0.6000)'
         >>> metrics.input, metrics.target
         (tensor([0.2000, 0.9000, 0.6000, 0.7000, 0.1000]), tensor([0, 1, 0, 1, 1]))
     """
@@ -92,9 +91,15 @@ class Metrics:
         return self._stored()[1]
 
     def compute(self, input: Tensor | None, target: Tensor | None) -> FlatDict:
-        """Every metric on `input` and `target` (after `preprocess`), as floats; `nan` for each when there is no data.
+        """Every metric on `input` and `target`, after `preprocess`; local to this process.
 
-        A metric returning one value per class (`average=None`) gives a list of floats.
+        Args:
+            input: Predictions, or `None` when there are none.
+            target: Targets, or `None` when there are none.
+
+        Returns:
+            Each metric as a float (a list of floats for a metric giving one value per class), `nan` for every
+            metric when there is no data.
         """
         if input is None or target is None:
             return FlatDict(dict.fromkeys(self.metrics, nan))
@@ -102,22 +107,45 @@ class Metrics:
             input, target = self.preprocess(input, target)
         return FlatDict({name: _to_python(metric(input, target)) for name, metric in self.metrics.items()})
 
-    def value(self) -> FlatDict:
-        """The metrics on the last batch of every process; collective."""
-        return self.compute(*_gather(*(self._last or (None, None))))
+    def value(self, sync: bool = True) -> FlatDict:
+        """The metrics on the last batch of every process; collective.
+
+        Args:
+            sync: Gather from every process. `False` computes on this process's last batch alone, with no
+                collective: for logging where processes may have done different numbers of batches.
+        """
+        last = self._last or (None, None)
+        return self.compute(*(_gather(*last) if sync else last))
 
     def average(self) -> FlatDict:
         """The metrics on every batch of every process since the last reset; collective."""
         return self.compute(*_gather(*self._stored()))
+
+    def state_dict(self) -> dict[str, Tensor | None]:
+        """The stored predictions and targets of this process, and its last batch, on the CPU."""
+        input, target = self._stored()
+        last_input, last_target = self._last or (None, None)
+        state = {"input": input, "target": target, "last_input": last_input, "last_target": last_target}
+        return {key: None if value is None else value.cpu() for key, value in state.items()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor | None]) -> None:
+        """Restore the stored batches from `state_dict`; they join later batches on those batches' device."""
+        self.reset()
+        input, target = state["input"], state["target"]
+        if input is not None and target is not None:
+            self._inputs, self._targets = [input], [target]
+        if state["last_input"] is not None and state["last_target"] is not None:
+            self._last = (state["last_input"], state["last_target"])
 
     def _stored(self) -> tuple[Tensor | None, Tensor | None]:
         if not self._inputs:
             return None, None
         if len(self._inputs) > 1:
             # Replacing the batches by their concatenation keeps one copy alive instead of two, and makes later
-            # reads cheaper; the last batch stays referenced through `_last`.
-            self._inputs = [torch.cat(self._inputs)]
-            self._targets = [torch.cat(self._targets)]
+            # reads cheaper; the last batch stays referenced through `_last`. Batches restored from a checkpoint
+            # live on the CPU and move to the device of the newest batch.
+            self._inputs = [_concatenate(self._inputs)]
+            self._targets = [_concatenate(self._targets)]
         return self._inputs[0], self._targets[0]
 
     def __format__(self, format_spec: str) -> str:
@@ -155,7 +183,7 @@ class MultiTaskMetrics(NestedDict):
         ... )
         >>> result = metrics.average()
         >>> round(result["spam.auroc"], 4), round(result["price.pearson"], 4)
-        (1.0, 0.9820)
+        (1.0, 0.9608)
     """
 
     def __init__(self, *args: Mapping[str, Metrics], **tasks: Metrics) -> None:
@@ -179,9 +207,19 @@ class MultiTaskMetrics(NestedDict):
         for _, metrics in iter_tasks(self, Metrics):
             metrics.reset()
 
-    def value(self) -> NestedDict:
-        """`{task: {metric: value}}` on the last batch of every process; collective."""
-        return self._collect(Metrics.value)
+    def state_dict(self) -> dict[str, dict[str, Tensor | None]]:
+        """Each task's `Metrics.state_dict()`, by task name."""
+        return {task: metrics.state_dict() for task, metrics in iter_tasks(self, Metrics)}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, Tensor | None]]) -> None:
+        """Restore every task named in `state` from `state_dict`."""
+        tasks = dict(iter_tasks(self, Metrics))
+        for task, task_state in state.items():
+            tasks[task].load_state_dict(task_state)
+
+    def value(self, sync: bool = True) -> NestedDict:
+        """`{task: {metric: value}}` on the last batch of every process; collective unless `sync=False`."""
+        return self._collect(lambda metrics: metrics.value(sync=sync))
 
     def average(self) -> NestedDict:
         """`{task: {metric: value}}` on every batch of every process since the last reset; collective."""
@@ -197,7 +235,7 @@ class MultiTaskMetrics(NestedDict):
         )
 
     def __format__(self, format_spec: str) -> str:
-        parts = []
+        parts: list[str] = []
         for task, metrics in iter_tasks(self, Metrics):
             formatted = format(metrics, format_spec)
             parts.extend(f"{task}.{part}" for part in formatted.split("\t") if part)
@@ -217,6 +255,11 @@ def _gather(input: Tensor | None, target: Tensor | None) -> tuple[Tensor | None,
         input = torch.empty((0, *known[0]), dtype=known[1])
         target = torch.empty((0, *known[2]), dtype=known[3])
     return gather_tensor(input), gather_tensor(target)
+
+
+def _concatenate(tensors: list[Tensor]) -> Tensor:
+    device = tensors[-1].device
+    return torch.cat([tensor.to(device) for tensor in tensors])
 
 
 def _detach(value: Any) -> Tensor:

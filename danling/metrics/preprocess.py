@@ -9,12 +9,14 @@ the others convert only what they use (see [`is_probability`][danling.metrics.pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "Preprocess",
     "as_float",
     "is_probability",
     "preprocess_binary",
@@ -22,6 +24,9 @@ __all__ = [
     "preprocess_multilabel",
     "preprocess_regression",
 ]
+
+Preprocess = Callable[[Any, Any], tuple[Any, Any]]
+"""A function `(input, target) -> (input, target)` run before metrics, such as the `preprocess_*` functions here."""
 
 
 def is_probability(input: Tensor) -> bool:
@@ -58,14 +63,14 @@ def preprocess_binary(input: Any, target: Any, ignore_index: int | None = None) 
         ignore_index: Target value whose elements are left out.
 
     Returns:
-        Scores `(M,)` as float and targets `(M,)` as bool. A copy is made only when something is ignored.
+        Scores `(M,)` as float and targets `(M,)` as int64 0/1. A copy is made only when something is ignored.
 
     Raises:
         ValueError: If the sizes differ or a target is not 0, 1 or `ignore_index`.
 
     Examples:
         >>> preprocess_binary(torch.tensor([[0.2], [0.9], [0.4]]), torch.tensor([0, 1, -100]), ignore_index=-100)
-        (tensor([0.2000, 0.9000]), tensor([False,  True]))
+        (tensor([0.2000, 0.9000]), tensor([0, 1]))
     """
     input, target = _as_tensors(input, target)
     if input.numel() != target.numel():
@@ -75,11 +80,9 @@ def preprocess_binary(input: Any, target: Any, ignore_index: int | None = None) 
         keep = target != ignore_index
         if not bool(keep.all()):
             input, target = input[keep], target[keep]
-    if target.dtype != torch.bool:
-        if target.numel() and not bool(((target == 0) | (target == 1)).all()):
-            raise ValueError("binary target must hold only 0, 1 and ignore_index")
-        target = target != 0
-    return input, target
+    if target.dtype != torch.bool and target.numel() and not bool(((target == 0) | (target == 1)).all()):
+        raise ValueError("binary target must hold only 0, 1 and ignore_index")
+    return input, target.long()
 
 
 def preprocess_multiclass(

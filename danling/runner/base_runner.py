@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from collections.abc import Callable, Mapping
 from math import ceil
 from typing import Any
@@ -12,8 +14,9 @@ from chanfig import FlatDict, NestedDict, Variable
 
 from ..metrics import AverageMeters
 from ..utils.basex import get_time_str
+from ..utils.io import CorruptFileError
 from ..utils.seed import MAX_SEED, seed_everything, validate_seed
-from .checkpoint import CheckpointIO, read_checkpoint
+from .checkpoint import CheckpointIO, find_resumable_checkpoints, read_checkpoint
 from .config import Config
 from .meta import RunnerMeta, RunnerMode
 from .results import Results
@@ -140,6 +143,7 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
     evaluate_metrics: Any | None = None
 
     _checkpoint_to_load: Mapping | None = None
+    _resume_position: Mapping | None = None
 
     def __init__(self, config: Config | Mapping) -> None:
         self.timestamp = get_time_str()
@@ -157,16 +161,45 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         self._config = config
         self.init_distributed()
         self.inited = True
+        # The run's id comes from the config as given (before a seed is drawn), so relaunching the same config
+        # finds the same run directory, which `resume=True` relies on.
+        if config.get("run_id") is None:
+            config.run_id = config.run_uuid.hex
         pending = self.__dict__.pop("_pending_checkpoint", None)
         if pending is None and config.get("checkpoint") is not None:
             pending = read_checkpoint(config.checkpoint)
+        if pending is None and config.get("resume"):
+            pending = self.find_resume_checkpoint()
         if pending is not None:
             self.load_config(pending)
             self._checkpoint_to_load = pending
         # Seeded here, before a subclass's __init__ builds its model, so the model is reproducible from the seed.
         self.set_seed()
-        if config.get("run_id") is None:
-            config.run_id = config.run_uuid.hex
+
+    def find_resume_checkpoint(self) -> Mapping | None:
+        """The newest checkpoint of this run that loads intact, for `config.resume=True`; `None` if there is none.
+
+        Runs are found by their `{name}-{id}` directory under `project_root`. A truncated or corrupted checkpoint
+        is reported and skipped in favour of the next newest. The main process chooses; every process loads the
+        file it chose.
+        """
+        chosen = None
+        if self.is_main_process:
+            run_root = os.path.join(self.config.project_root, f"{self.name}-{self.id}")
+            for path in find_resumable_checkpoints(run_root, self.config.checkpoint_dir_name):
+                try:
+                    read_checkpoint(path)
+                except (CorruptFileError, ValueError) as error:
+                    print(f"resume: skipping {path}: {error}", file=sys.stderr)
+                    continue
+                chosen = path
+                break
+            print(f"resume: continuing from {chosen}" if chosen else f"resume: no checkpoint under {run_root}")
+        chosen = self.broadcast_object(chosen)
+        if chosen is None:
+            return None
+        self.config.checkpoint = chosen
+        return read_checkpoint(chosen)
 
     def __post_init__(self) -> None:
         self.init_environment()
@@ -331,10 +364,16 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
 
     @property
     def total_steps(self) -> int:
-        """Optimizer steps in the whole run: `step_end`, else `ceil(total_iters / accum_steps)`."""
+        """Optimizer steps in the whole run: `step_end`, else epochs × `ceil(iters_per_epoch / accum_steps)`.
+
+        Accumulation windows close at each epoch's end, so every epoch has `ceil(iters_per_epoch / accum_steps)`
+        steps; with `iter_end` set, `ceil(total_iters / accum_steps)`.
+        """
         if self.config.get("step_end"):
             return self.config.step_end
-        return ceil(self.total_iters / self.accum_steps)
+        if self.config.get("iter_end"):
+            return ceil(self.total_iters / self.accum_steps)
+        return self.total_epochs * ceil(self.iters_per_epoch / self.accum_steps)
 
     @property
     def total_epochs(self) -> int:

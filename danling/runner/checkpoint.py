@@ -12,7 +12,7 @@ from chanfig import NestedDict
 from ..utils.io import atomic_copy
 from .config import Config
 
-__all__ = ["CheckpointIO", "extract_model_state", "read_checkpoint"]
+__all__ = ["CheckpointIO", "extract_model_state", "find_resumable_checkpoints", "read_checkpoint"]
 
 CheckpointLike = Mapping | bytes | str | os.PathLike
 
@@ -40,6 +40,31 @@ def read_checkpoint(checkpoint: CheckpointLike, what: str = "checkpoint", **kwar
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{what} {path!r} holds a {type(loaded).__name__}, expected a Mapping")
     return loaded
+
+
+def find_resumable_checkpoints(run_root: str, checkpoint_dir_name: str = "checkpoints") -> list[str]:
+    """Checkpoints a run could resume from, newest first.
+
+    `run_root` is `{project_root}/{name}-{id}`; each launch of the run has a timestamped directory under it. The
+    timestamps sort in time order, so the newest launch comes first; within a launch, `latest.pth` comes before
+    the `epoch-N.pth` snapshots (highest N first). Nothing here is read, only listed.
+    """
+    if not os.path.isdir(run_root):
+        return []
+    candidates = []
+    for timestamp in sorted(os.listdir(run_root), reverse=True):
+        directory = os.path.join(run_root, timestamp, checkpoint_dir_name)
+        if not os.path.isdir(directory):
+            continue
+        names = os.listdir(directory)
+        snapshots = sorted(
+            (name for name in names if name.startswith("epoch-") and name.endswith(".pth")),
+            key=lambda name: int(name[len("epoch-") : -len(".pth")]) if name[6:-4].isdigit() else -1,
+            reverse=True,
+        )
+        ordered = (["latest.pth"] if "latest.pth" in names else []) + snapshots
+        candidates.extend(os.path.join(directory, name) for name in ordered)
+    return candidates
 
 
 def _load(path: str, **kwargs: Any) -> Any:
@@ -76,6 +101,7 @@ class CheckpointIO:
     optimizer: Any
     scheduler: Any
     _checkpoint_to_load: Mapping | None
+    _resume_position: Mapping | None
 
     def unwrap(self, model: Any) -> Any:
         """The model without parallel wrappers; the identity here, `TorchRunner` strips DDP and friends."""
@@ -125,15 +151,17 @@ class CheckpointIO:
             for index, result in checkpoint["results"].items():
                 self.results[int(index) if isinstance(index, str) and index.isdigit() else index] = NestedDict(result)
         if "runner" in checkpoint:
-            self._restore_progress(checkpoint["runner"])
+            self._restore_progress(checkpoint["runner"], checkpoint.get("position"))
 
-    def _restore_progress(self, config: Mapping) -> None:
-        # Counters count work done; the run resumes at the epoch after the one the checkpoint finished.
+    def _restore_progress(self, config: Mapping, position: Mapping | None = None) -> None:
+        # Counters count work done. A checkpoint taken at an epoch's end resumes at the next epoch; one taken
+        # inside an epoch (it records its position) resumes inside that same epoch.
         for counter in ("iters", "steps", "epochs"):
             self.config[counter] = config.get(counter, 0)
         self.config.iter_begin = self.config.iters
         self.config.step_begin = self.config.steps
-        self.config.epoch_begin = self.config.epochs + 1
+        self.config.epoch_begin = self.config.epochs + (0 if position else 1)
+        self._resume_position = position
 
     def save_checkpoint(self, name: str = "latest", epochs: int | None = None, save_best: bool = True) -> None:
         """Save the state to `checkpoint_dir/{name}.pth` atomically, on the main process.
@@ -142,20 +170,24 @@ class CheckpointIO:
         `epoch-{epochs}.pth` when `config.save_interval` is positive and `epochs + 1` is a multiple of it.
         A failed write raises with the path in the message; the previous files stay intact.
 
+        Call it on every process: the state of each process (random generators, for one) is gathered first.
+
         Args:
             name: Name of the checkpoint. Defaults to `"latest"`.
             epochs: Epoch index to name a snapshot after. Defaults to `config.epochs`.
             save_best: Also update `best.pth` when `is_best`.
         """
+        state = self.state_dict()
         if not self.is_main_process:  # type: ignore[attr-defined]
             return
         epochs = self.config.epochs if epochs is None else epochs
         latest_path = os.path.join(self.checkpoint_dir, f"{name}.pth")  # type: ignore[attr-defined]
-        self.save(self.state_dict(), latest_path)  # type: ignore[attr-defined]
+        self.save(state, latest_path)  # type: ignore[attr-defined]
         save_interval = self.config.get("save_interval")
-        if save_interval and save_interval > 0 and (epochs + 1) % save_interval == 0:
+        at_epoch_end = "position" not in state  # a checkpoint from inside an epoch is never a snapshot or best
+        if at_epoch_end and save_interval and save_interval > 0 and (epochs + 1) % save_interval == 0:
             atomic_copy(latest_path, os.path.join(self.checkpoint_dir, f"epoch-{epochs}.pth"))  # type: ignore[attr-defined]
-        if save_best and self.is_best:  # type: ignore[attr-defined]
+        if at_epoch_end and save_best and self.is_best:  # type: ignore[attr-defined]
             atomic_copy(latest_path, os.path.join(self.checkpoint_dir, "best.pth"))  # type: ignore[attr-defined]
 
     def load_config(self, checkpoint: CheckpointLike, overwrite: bool = False, *args: Any, **kwargs: Any) -> None:
@@ -185,7 +217,7 @@ class CheckpointIO:
             self.timestamp = ckpt["timestamp"]
         for cached in ("id", "uuid", "log_path"):
             self.__dict__.pop(cached, None)
-        self._restore_progress(config)
+        self._restore_progress(config, ckpt.get("position"))
 
     def load_checkpoint(self, checkpoint: CheckpointLike, *args: Any, **kwargs: Any) -> None:
         """Restore model, EMA, optimizer, scheduler, results and progress from `checkpoint`.

@@ -14,6 +14,7 @@ from ..defaults import IGNORED_SET_NAMES, LOWER_IS_BETTER_NAMES
 from ..utils.decorators import on_main_process
 from ..utils.io import atomic_copy
 from .config import Config
+from .meta import RunnerMode
 
 __all__ = ["Results", "choose_best_fn", "format_result", "infer_score_split"]
 
@@ -264,7 +265,8 @@ class Results:
     @property
     def current_metrics(self) -> Any:
         """The metrics in use: `train_metrics` when training, `evaluate_metrics` otherwise, else `metrics`."""
-        specific = self.train_metrics if str(self.mode) == "train" else self.evaluate_metrics  # type: ignore[attr-defined]
+        training = self._mode is RunnerMode.train  # type: ignore[attr-defined]
+        specific = self.train_metrics if training else self.evaluate_metrics
         return specific if specific is not None else self.metrics
 
     def get_step_result(self) -> NestedDict:

@@ -53,6 +53,7 @@ class TrainingSampler(Sampler[int]):
         self.world_size = world_size
         self.drop_last = drop_last
         self.epoch = 0
+        self.start = 0
         if drop_last:
             self.num_samples = length // world_size
         else:
@@ -62,8 +63,23 @@ class TrainingSampler(Sampler[int]):
         """Choose the epoch whose order to produce."""
         self.epoch = epoch
 
+    def skip(self, samples: int) -> None:
+        """Start the epoch after this process's first `samples` indices, to resume inside an epoch.
+
+        Skipped samples are never produced, so the dataset never loads them. `skip(0)` restores the full epoch.
+
+        Examples:
+            >>> sampler = TrainingSampler(6, shuffle=False)
+            >>> sampler.skip(4)
+            >>> list(sampler), len(sampler)
+            ([4, 5], 2)
+        """
+        if not 0 <= samples <= self.num_samples:
+            raise ValueError(f"cannot skip {samples} samples of an epoch of {self.num_samples}")
+        self.start = samples
+
     def indices(self) -> list[int]:
-        """This process's indices for the current epoch."""
+        """This process's indices for the current epoch, after any skipped ones."""
         if self.shuffle:
             generator = torch.Generator()
             generator.manual_seed(self.seed + self.epoch)
@@ -76,13 +92,13 @@ class TrainingSampler(Sampler[int]):
             order = (order * repeats)[:total]
         else:
             order = order[:total]
-        return order[self.rank : total : self.world_size]
+        return order[self.rank : total : self.world_size][self.start :]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices())
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples - self.start
 
 
 class EvaluationSampler(Sampler[int]):

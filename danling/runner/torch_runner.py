@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
+from warnings import warn
 
 import torch
 from chanfig import NestedDict
@@ -14,10 +16,12 @@ from torch import distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..metrics import Metrics, MultiTaskMetrics
 from ..utils import distributed as du
 from ..utils.seed import get_rng_state, seed_everything, set_rng_state
 from .base_runner import BaseRunner
 from .meta import RunnerMode
+from .preemption import Preempted, PreemptionWatcher
 from .samplers import EvaluationSampler, TrainingSampler
 
 __all__ = ["TorchRunner"]
@@ -55,14 +59,26 @@ class TorchRunner(BaseRunner):
         >>> config = dl.Config(seed=0, epoch_end=5, log=False, project_root=getfixture("tmp_path"))
         >>> config.dataloader.batch_size = 8
         >>> runner = Regression(config)
-        >>> results = runner.train()
+        >>> results = runner.train()  # doctest: +ELLIPSIS
+        training on train [0/7]	loss: ...
+        epoch [4/4]	train: loss: ...
         >>> results[4]["train"]["loss"] < results[0]["train"]["loss"]
         True
     """
 
     model: nn.Module | None = None
     scaler: torch.amp.GradScaler | None = None
-    _window_end_iter: int | None = None
+    # Position of the current micro-batch within its epoch, set by `train_epoch`, so accumulation windows close
+    # at the epoch's end: a checkpoint taken between epochs then never holds half-accumulated gradients.
+    _epoch_iteration: int | None = None
+    _epoch_length: int | None = None
+    _preemption: PreemptionWatcher | None = None
+    # The epoch's result so far, and where inside the epoch a checkpoint being written was taken.
+    _epoch_result: NestedDict | None = None
+    _position: dict[str, Any] | None = None
+    # Meters and metrics of this process from a checkpoint taken inside an epoch, restored by `train_epoch`.
+    _resume_state: Mapping | None = None
+    _epoch_generator_state: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.init_environment()
@@ -188,9 +204,11 @@ class TorchRunner(BaseRunner):
             options.setdefault("pin_memory", self.device.type == "cuda")
             if options.get("num_workers", 0) > 0:
                 options.setdefault("worker_init_fn", seed_worker)
-                generator = torch.Generator()
-                generator.manual_seed((self.config.seed or 0) + self.rank)
-                options.setdefault("generator", generator)
+            # A loader of its own: iterating a DataLoader draws a seed for its workers, and drawing it from the
+            # global generator would shift every later random number (dropout, augmentation) after a resume.
+            generator = torch.Generator()
+            generator.manual_seed((self.config.seed or 0) + self.rank)
+            options.setdefault("generator", generator)
             self.datasamplers[split] = sampler
             self.dataloaders[split] = DataLoader(dataset, sampler=sampler, drop_last=drop_last, **options)
 
@@ -198,13 +216,21 @@ class TorchRunner(BaseRunner):
 
     @property
     def device(self) -> torch.device:
-        """`config.device` if set; else this process's CUDA device when CUDA serves the backend; else the CPU."""
-        configured = self.config.get("device")
-        if configured is not None:
-            return torch.device(configured)
-        if torch.cuda.is_available() and (not self.distributed or dist.get_backend() == "nccl"):
-            return torch.device("cuda", du.get_local_rank() if self.distributed else torch.cuda.current_device())
-        return torch.device("cpu")
+        """`config.device` if set; else this process's CUDA device when CUDA serves the backend; else the CPU.
+
+        Decided once (every batch asks), after the process group is set up.
+        """
+        device = self.__dict__.get("_device")
+        if device is None:
+            configured = self.config.get("device")
+            if configured is not None:
+                device = torch.device(configured)
+            elif torch.cuda.is_available() and (not self.distributed or dist.get_backend() == "nccl"):
+                device = torch.device("cuda", du.get_local_rank() if self.distributed else torch.cuda.current_device())
+            else:
+                device = torch.device("cpu")
+            self.__dict__["_device"] = device
+        return device
 
     def move_to_device(self) -> None:
         """Move the model, the EMA model and the criterion (if it has state) to `device`."""
@@ -283,61 +309,141 @@ class TorchRunner(BaseRunner):
             raise ValueError(f"no dataloader for split(s) {missing}; there are: {list(self.dataloaders.keys())}")
         if self.config.epoch_end is None:
             raise ValueError("train needs config.epoch_end, which is not set")
-        self._window_end_iter = self._final_iter()
         patience = self.config.get("patience")
-        for epoch in range(self.config.epoch_begin, self.config.epoch_end):
-            self.config.epochs = epoch
-            result = NestedDict()
-            for split in train_splits:
-                result[split] = self.train_epoch(split)
-            for split in evaluate_splits:
-                result[split] = self.evaluate_epoch(split)
-            self.append_result(result, index=epoch)
-            print(self.format_epoch_result(result))
-            self.save_result()
-            for split, split_result in result.items():
-                self.write_result(split_result, f"{split}/epoch", steps=epoch)
-            if self.config.save_checkpoints:
-                self.save_checkpoint()
-            if self._reached_end():
-                break
-            if patience and epoch - self.best_index >= patience:
-                print(f"early stop: no better {self.config.score_name} for {patience} epochs")
-                break
-        if self.writer is not None:
-            self.writer.flush()
+        with PreemptionWatcher() as watcher:
+            self._preemption = watcher
+            try:
+                for epoch in range(self.config.epoch_begin, self.config.epoch_end):
+                    self.config.epochs = epoch
+                    result = self._epoch_result = self._resumed_partial_result(epoch)
+                    for split in train_splits:
+                        if split not in result:
+                            result[split] = self.train_epoch(split)
+                    for split in evaluate_splits:
+                        result[split] = self.evaluate_epoch(split)
+                    self._epoch_result = None
+                    self.append_result(result, index=epoch)
+                    print(self.format_epoch_result(result))
+                    self.save_result()
+                    for split, split_result in result.items():
+                        self.write_result(split_result, f"{split}/epoch", steps=epoch)
+                    if self.config.save_checkpoints:
+                        self.save_checkpoint()
+                    if self._reached_end():
+                        break
+                    if patience and epoch - self.best_index >= patience:
+                        print(f"early stop: no better {self.config.score_name} for {patience} epochs")
+                        break
+            finally:
+                self._preemption = self._epoch_result = None
+                if self.writer is not None:
+                    self.writer.flush()
         return self.results
 
-    def _final_iter(self) -> int | None:
-        # The last micro-batch of the run closes its accumulation window even if the window is short.
-        try:
-            return self.total_iters or None
-        except (ValueError, AttributeError):
-            return None
+    def _resumed_partial_result(self, epoch: int) -> NestedDict:
+        # Splits an interrupted epoch had already finished keep their results; the rest run as usual.
+        position = self._resume_position
+        if position is None or epoch != self.config.epochs:
+            return NestedDict()
+        return NestedDict(position.get("finished", {}))
 
     def _reached_end(self) -> bool:
-        step_end, iter_end = self.config.get("step_end"), self.config.get("iter_end")
+        # Attribute reads: chanfig mirrors top-level keys as attributes, far cheaper than get() on every step.
+        step_end, iter_end = self.config.step_end, self.config.iter_end
         return bool((step_end and self.config.steps >= step_end) or (iter_end and self.config.iters >= iter_end))
 
     def train_epoch(self, split: str = "train") -> NestedDict:
-        """One pass over `split` with the model in training mode; returns the epoch result."""
+        """One pass over `split` with the model in training mode; returns the epoch result.
+
+        When the run resumes from a checkpoint taken inside this epoch, the pass continues with the next batch
+        of the same order: the sampler skips what was done (those samples are never loaded), and meters and
+        metrics continue from their saved state.
+        """
         loader = self.dataloaders[split]
         self.mode = RunnerMode.train
         self.split = split
         self.model.train()  # type: ignore[union-attr]
-        self._reset_measures()
         sampler = self.datasamplers.get(split) if split in self.datasamplers else getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.config.epochs)
-        length = len(loader)
-        log_interval = self.config.log_interval or 0
-        for iteration, batch in enumerate(self._progress_bar(loader, split)):
-            self.train_step(batch)
-            if log_interval and (iteration % log_interval == 0 or iteration == length - 1):
-                self.step_log(split, iteration, length - 1)
-            if self._reached_end():
-                break
+        done = self._resume_measures(split)
+        generator = getattr(loader, "generator", None)
+        self._epoch_generator_state = generator.get_state() if generator is not None else None
+        batches: Iterable = loader
+        if done and isinstance(sampler, TrainingSampler):
+            sampler.skip(done * loader.batch_size)  # type: ignore[operator]
+        elif done:
+            warn(f"resuming {split!r} by loading and discarding {done} batches: its sampler cannot skip", stacklevel=2)
+            batches = itertools.islice(loader, done, None)
+        try:
+            length = done + len(loader)
+            self._epoch_length = length
+            log_interval = self.config.log_interval or 0
+            for iteration, batch in enumerate(self._progress_bar(batches, split), start=done):
+                self._epoch_iteration = iteration
+                steps = self.config.steps
+                self.train_step(batch)
+                if log_interval and (iteration % log_interval == 0 or iteration == length - 1):
+                    self.step_log(split, iteration, length - 1)
+                if self.config.steps != steps:
+                    self._after_optimizer_step(split, iteration + 1)
+                if self._reached_end():
+                    break
+        finally:
+            self._epoch_iteration = self._epoch_length = None
+            if isinstance(sampler, TrainingSampler):
+                sampler.skip(0)
         return self.get_epoch_result()
+
+    def _resume_measures(self, split: str) -> int:
+        """Restore meters and metrics of an interrupted pass over `split`; return the batches it had done."""
+        position, measures = self._resume_position, self._resume_state
+        self._resume_position = self._resume_state = None
+        if position is None or position.get("split") != split:
+            self._reset_measures()
+            return 0
+        self._reset_measures()
+        if measures:
+            self.meters.load_state_dict(measures["meters"])
+            metrics = self.current_metrics
+            if metrics is not None and measures.get("metrics") is not None:
+                metrics.load_state_dict(measures["metrics"])
+        return int(position["batches"])
+
+    def _after_optimizer_step(self, split: str, batches_done: int) -> None:
+        """Save `latest` every `checkpoint_interval` steps, and stop cleanly if a preemption signal arrived."""
+        interval = self.config.checkpoint_interval
+        periodic = bool(interval and self.config.steps % interval == 0 and self.config.save_checkpoints)
+        signum = self._agreed_preemption_signal()
+        if not periodic and signum is None:
+            return
+        self._position = {"split": split, "batches": batches_done, "finished": _plain_results(self._epoch_result)}
+        try:
+            self.save_checkpoint(save_best=False)
+        finally:
+            self._position = None
+        if signum is not None:
+            path = os.path.join(self.checkpoint_dir, "latest.pth") if self.is_main_process else None
+            preempted = Preempted(signum, path)
+            print(str(preempted))
+            raise preempted
+
+    def _agreed_preemption_signal(self) -> int | None:
+        """The preemption signal every process has agreed to act on at this step, if any.
+
+        One process checks its flag at every optimizer step. Several agree through a collective, held at the
+        same steps on all of them (every `log_interval // accum_steps` steps) to keep it off the hot path.
+        """
+        watcher = self._preemption
+        if watcher is None:
+            return None
+        if not self.distributed:
+            return watcher.received
+        every = max(1, (self.config.log_interval or 1) // self.config.accum_steps)
+        if self.config.steps % every:
+            return None
+        agreed = int(du.all_reduce_max(torch.tensor([watcher.received or 0])).item())
+        return agreed or None
 
     def train_step(self, batch: Any) -> torch.Tensor:
         """Forward, loss and [`advance`][danling.TorchRunner.advance] on one micro-batch; returns the loss."""
@@ -351,23 +457,31 @@ class TorchRunner(BaseRunner):
         return loss
 
     def advance(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """Backward `loss / accum_steps`; on the last micro-batch of a window, step the optimizer.
+        """Backward `loss` divided by its window's length; on the window's last micro-batch, step the optimizer.
 
-        The window is counted on `iters`, across epoch boundaries; the run's final micro-batch also closes one.
+        Windows hold `accum_steps` micro-batches, counted from the start of each epoch; the epoch's last window
+        may be shorter, and its losses are divided by its own length, so every optimizer step follows the mean
+        gradient over the samples of its window. Outside `train_epoch`, windows are counted on `iters`.
         """
-        scaled = loss / self.config.accum_steps
+        size, closes = self._accumulation_window()
+        scaled = loss / size if size > 1 else loss
         if self.scaler is not None:
             self.scaler.scale(scaled).backward()
         else:
             scaled.backward()
-        closes_window = self._closes_window()
         self.config.increment("iters")
-        if closes_window:
+        if closes:
             self.step()
 
-    def _closes_window(self) -> bool:
-        next_iter = self.config.iters + 1
-        return next_iter % self.config.accum_steps == 0 or next_iter == self._window_end_iter
+    def _accumulation_window(self) -> tuple[int, bool]:
+        """Length of the current micro-batch's window, and whether the micro-batch closes it."""
+        accum_steps = self.config.accum_steps
+        iteration, length = self._epoch_iteration, self._epoch_length
+        if iteration is None or length is None:
+            return accum_steps, (self.config.iters + 1) % accum_steps == 0
+        start = iteration - iteration % accum_steps
+        size = min(accum_steps, length - start)
+        return size, iteration + 1 == start + size
 
     def step(self) -> None:
         """Clip, step the optimizer, zero gradients, update EMA, step the scheduler; `steps += 1`."""
@@ -399,7 +513,7 @@ class TorchRunner(BaseRunner):
 
         Skipping the gradient all-reduce there is what makes accumulation cheap under DDP.
         """
-        if self.config.accum_steps > 1 and hasattr(self.model, "no_sync") and not self._closes_window():
+        if self.config.accum_steps > 1 and hasattr(self.model, "no_sync") and not self._accumulation_window()[1]:
             return self.model.no_sync()  # type: ignore[union-attr]
         return nullcontext()
 
@@ -532,10 +646,13 @@ class TorchRunner(BaseRunner):
         """
         from .results import merge_metric_result
 
-        meters = self.meters.batch() if self.mode == RunnerMode.train else self.meters.value()
-        result = NestedDict(meters)
+        training = self._mode is RunnerMode.train
+        result = NestedDict(self.meters.batch() if training else self.meters.value())
         metrics = self.current_metrics
-        return merge_metric_result(result, metrics.value()) if metrics is not None else result
+        if metrics is None:
+            return result
+        local = not training and isinstance(metrics, (Metrics, MultiTaskMetrics))
+        return merge_metric_result(result, metrics.value(sync=False) if local else metrics.value())
 
     def _progress_bar(self, loader: Iterable, split: str) -> Iterable:
         if not (self.config.progress and self.is_main_process and sys.stdout.isatty()):
@@ -551,17 +668,63 @@ class TorchRunner(BaseRunner):
         return {**super().stateful_parts(), "scaler": self.scaler}
 
     def state_dict(self, cls: Any = dict) -> Any:
-        """Config, results and every part's state, plus the random generators' states of this process."""
+        """Config, results and every part's state, plus what each process holds on its own.
+
+        `rng` lists every process's random generator states, by rank. A checkpoint taken inside an epoch also
+        holds its `position` (split, batches done, results of splits already finished) and, by rank, the meters
+        and metrics accumulated so far, so the resumed epoch ends with the same numbers.
+
+        Collective when distributed: call it on every process.
+        """
         state = dict(super().state_dict())
-        state["rng"] = get_rng_state()
+        rng = get_rng_state()
+        rng["dataloaders"] = {}
+        for split, loader in self.dataloaders.items():
+            generator = getattr(loader, "generator", None)
+            if generator is not None:
+                # Inside an epoch, the state from before the epoch began: resuming re-creates the epoch's iterator.
+                inside = self._position is not None and self._position["split"] == split
+                rng["dataloaders"][split] = self._epoch_generator_state if inside else generator.get_state()
+        state["rng"] = du.all_gather_object(rng)
+        if self._position is not None:
+            metrics = self.current_metrics
+            local = {
+                "meters": self.meters.state_dict(),
+                "metrics": metrics.state_dict() if metrics is not None else None,
+            }
+            state["position"] = self._position
+            state["measures"] = du.all_gather_object(local)
         return cls(state)
 
     def load_state_dict(self, checkpoint: Mapping) -> None:
-        """Restore every part, results, progress and (if saved) the random generators."""
+        """Restore every part, results, progress, and this process's random generators and measures.
+
+        Per-process state is taken from the entry of this rank; a checkpoint written by a different number of
+        processes restores the shared state and warns that the per-process state does not carry over.
+        """
         super().load_state_dict(checkpoint)
-        # One process's generator states; restoring them on other ranks would undo their per-rank seeds.
-        if "rng" in checkpoint and not self.distributed:
-            set_rng_state(checkpoint["rng"])
+        rank, world_size = self.rank, self.world_size
+        for key in ("rng", "measures"):
+            entries = checkpoint.get(key)
+            if entries is None:
+                continue
+            if isinstance(entries, Mapping):  # a single process's state, as older checkpoints hold it
+                entries = [entries]
+            if len(entries) != world_size:
+                warn(
+                    f"checkpoint {key} comes from {len(entries)} process(es), this run has {world_size}: not restored",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            if key == "rng":
+                set_rng_state(entries[rank])
+                for split, generator_state in entries[rank].get("dataloaders", {}).items():
+                    generator = getattr(self.dataloaders.get(split), "generator", None)
+                    if generator is not None and generator_state is not None:
+                        generator.set_state(generator_state)
+            else:
+                self._resume_state = entries[rank]
 
 
 def to_device(data: Any, device: torch.device) -> Any:
@@ -587,6 +750,12 @@ def _batch_length(target: Any, pred: Any) -> int:
         if isinstance(value, (list, tuple)) and value:
             return len(value)
     return 1
+
+
+def _plain_results(result: Mapping | None) -> dict[str, Any]:
+    if not result:
+        return {}
+    return {split: value.dict() if hasattr(value, "dict") else dict(value) for split, value in result.items()}
 
 
 def _detach(value: Any) -> Any:

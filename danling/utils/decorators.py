@@ -145,7 +145,11 @@ def method_cache(maxsize: int | None = 128) -> Callable:
             key = id(self)
             cached = caches.get(key)
             if cached is None:
-                ref = weakref.ref(self, lambda _, key=key: caches.pop(key, None))
+
+                def forget(_: weakref.ref, key: int = key) -> None:
+                    caches.pop(key, None)
+
+                ref = weakref.ref(self, forget)
 
                 def call(*a: Any, **k: Any) -> Any:
                     return method(ref(), *a, **k)

@@ -15,6 +15,7 @@ from torch import distributed as dist
 
 __all__ = [
     "all_gather_object",
+    "all_reduce_max",
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",
@@ -65,6 +66,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     reduced = tensor.detach().to(collective_device(), copy=True)
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced.to(tensor.device)
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of `tensor` over every process, on the tensor's own device; the input is not modified."""
+    if not is_distributed():
+        return tensor
+    reduced = tensor.detach().to(collective_device(), copy=True)
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
     return reduced.to(tensor.device)
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import IO, Any
@@ -19,6 +20,7 @@ import numpy as np
 import yaml
 
 __all__ = [
+    "CorruptFileError",
     "PathStr",
     "atomic_copy",
     "atomic_write",
@@ -30,6 +32,70 @@ __all__ = [
 ]
 
 PathStr = str | os.PathLike
+
+# Torch files written here end with a trailer: magic, CRC-32 of everything before it, and that length. Zip readers
+# (and so `torch.load`) find their directory by scanning back from the end, so they read past it unchanged.
+_TRAILER_MAGIC = b"DLCK"
+_TRAILER_SIZE = 16
+
+
+class CorruptFileError(RuntimeError):
+    """A file exists but is truncated or corrupted; the message names it."""
+
+
+class _ChecksumWriter:
+    """File wrapper that keeps a running CRC-32 and length of what is written through it."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self.crc = 0
+        self.length = 0
+
+    def write(self, data: bytes) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        self.length += len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def verify_checksum(path: PathStr) -> bool:
+    """Check a torch file written by [`save`][danling.utils.io.save] against its CRC-32 trailer.
+
+    Returns:
+        `True` if the file has a trailer and matches it, `False` if it has none (a file written elsewhere).
+
+    Raises:
+        CorruptFileError: If the file is shorter than its trailer says, or its content does not match.
+    """
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as fp:
+        if size < _TRAILER_SIZE:
+            return False
+        fp.seek(size - _TRAILER_SIZE)
+        trailer = fp.read(_TRAILER_SIZE)
+        if trailer[:4] != _TRAILER_MAGIC:
+            return False
+        expected_crc = int.from_bytes(trailer[4:8], "little")
+        expected_length = int.from_bytes(trailer[8:], "little")
+        if expected_length != size - _TRAILER_SIZE:
+            raise CorruptFileError(
+                f"{path!r} is truncated or damaged: expected {expected_length} bytes before its trailer"
+            )
+        fp.seek(0)
+        crc, remaining = 0, expected_length
+        while remaining:
+            chunk = fp.read(min(remaining, 16 << 20))
+            if not chunk:
+                raise CorruptFileError(f"{path!r} is truncated: it ended {remaining} bytes early")
+            crc = zlib.crc32(chunk, crc)
+            remaining -= len(chunk)
+    if crc != expected_crc:
+        raise CorruptFileError(f"{path!r} is corrupted: its checksum does not match its content")
+    return True
+
 
 # `mkstemp` makes files readable by their owner only; a saved file gets the mode `open()` would give it instead.
 # Read once, at import: reading the umask means setting it, which would race with other threads creating files.
@@ -175,7 +241,9 @@ def _save_torch(obj: Any, path: str, **kwargs: Any) -> None:
     import torch
 
     with atomic_write(path) as fp:
-        torch.save(obj, fp, **kwargs)
+        writer = _ChecksumWriter(fp)
+        torch.save(obj, writer, **kwargs)  # type: ignore[arg-type]
+        fp.write(_TRAILER_MAGIC + writer.crc.to_bytes(4, "little") + writer.length.to_bytes(8, "little"))
 
 
 def _save_npy(obj: Any, path: str, **kwargs: Any) -> None:
@@ -206,13 +274,22 @@ def _load_yaml(path: str, **kwargs: Any) -> Any:
         return yaml.safe_load(fp, **kwargs)
 
 
-def _load_torch(path: str, **kwargs: Any) -> Any:
+def _load_torch(path: str, verify: bool = True, **kwargs: Any) -> Any:
+    import pickle
+
     import torch
 
+    if verify:
+        verify_checksum(path)
     # Loading a checkpoint must never run code from the file.
     kwargs.setdefault("weights_only", True)
     kwargs.setdefault("map_location", "cpu")
-    return torch.load(path, **kwargs)
+    try:
+        return torch.load(path, **kwargs)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise  # a file that is intact but holds objects that are not plain data: not a corruption
+        raise CorruptFileError(f"{path!r} is truncated or corrupted: {error}") from error
 
 
 def _load_npy(path: str, **kwargs: Any) -> Any:
@@ -287,11 +364,13 @@ def load(file: PathStr, *args: Any, **kwargs: Any) -> Any:
     """Load `file` in the format its extension names.
 
     Torch files load with `weights_only=True` and onto the CPU unless told otherwise, so a checkpoint from an
-    untrusted source cannot run code.
+    untrusted source cannot run code. Torch files written by [`save`][danling.utils.io.save] carry a CRC-32,
+    checked before loading (pass `verify=False` to skip it).
 
     Raises:
         FileNotFoundError: If `file` does not exist.
         ValueError: If the extension is not supported.
+        CorruptFileError: If a torch file is truncated or corrupted; the message names it.
     """
     path = os.fspath(file)
     loader = LOADERS[_extension(path, LOADERS, "load")]

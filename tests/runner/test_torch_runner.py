@@ -38,6 +38,19 @@ def test_accum_steps_2_steps_optimizer_every_other_iter(tmp_path):
     assert steps_seen == [2, 4, 6, 8, 10]
 
 
+def test_accumulation_windows_close_at_epoch_end_with_their_own_length(tmp_path):
+    # 5 micro-batches per epoch with accum_steps 2: windows of 2, 2 and 1 micro-batches, 3 steps per epoch.
+    config = make_config(tmp_path, epoch_end=2, accum_steps=2, samples=20, dataloader={"batch_size": 4})
+    runner = RegressionRunner(config)
+    assert runner.total_steps == 6
+    runner.train(evaluate_splits=[])
+    assert (runner.config.iters, runner.config.steps) == (10, 6)
+    plain = RegressionRunner(make_config(tmp_path / "plain", epoch_end=2, samples=20, dataloader={"batch_size": 8}))
+    plain.train(evaluate_splits=[])
+    for a, b in zip(runner.model.parameters(), plain.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_accumulation_matches_a_double_batch_without_accumulation(tmp_path):
     accumulated = RegressionRunner(
         make_config(tmp_path / "a", epoch_end=2, accum_steps=2, samples=40, dataloader={"batch_size": 4})

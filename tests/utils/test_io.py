@@ -263,10 +263,16 @@ def test_exception_inside_atomic_write_after_half_the_bytes_keeps_the_previous_f
     path = tmp_path / "data.bin"
     path.write_bytes(b"old contents")
     payload = os.urandom(1 << 20)
-    with pytest.raises(Abort), atomic_write(path) as fp:
-        fp.write(payload[: len(payload) // 2])
-        fp.flush()
-        raise Abort
+
+    def write_half_then_abort():
+        with atomic_write(path) as fp:
+            fp.write(payload[: len(payload) // 2])
+            fp.flush()
+            assert os.path.getsize(path) == len(b"old contents")  # the bytes went to a temporary, not to `path`
+            raise Abort
+
+    with pytest.raises(Abort):
+        write_half_then_abort()
     assert path.read_bytes() == b"old contents"
     assert listing(tmp_path) == ["data.bin"]
 

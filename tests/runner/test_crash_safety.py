@@ -1,0 +1,88 @@
+"""Crash safety with real processes: SIGTERM preemption, SIGKILL during saves, and a 2-process resume."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from toys import ResumableRunner, assert_bitwise_equal, final_state, make_config
+
+import danling as dl
+from danling.runner.checkpoint import find_resumable_checkpoints
+
+SCRIPTS = Path(__file__).parent / "scripts"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn(script: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPTS / script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def read_until(process: subprocess.Popen, prefix: str) -> str:
+    for line in process.stdout:  # type: ignore[union-attr]
+        if line.startswith(prefix):
+            return line.strip()
+    raise AssertionError(f"process ended before printing {prefix!r}: {process.stderr.read()}")  # type: ignore[union-attr]
+
+
+def test_sigterm_saves_latest_exits_143_and_resume_matches_an_uninterrupted_run(tmp_path):
+    settings = {"epoch_end": 3, "samples": 60, "val_samples": 25}
+    process = spawn("preemptible_train.py", str(tmp_path / "preempted"))
+    checkpoint_dir = read_until(process, "checkpoints ").split(" ", 1)[1]
+    read_until(process, "iter 11")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    latest = os.path.join(checkpoint_dir, "latest.pth")
+    saved = dl.load(latest)
+    assert 11 <= saved["runner"]["iters"] < 24 and "position" in saved
+
+    resumed = ResumableRunner.from_checkpoint(latest)
+    resumed.train()
+    straight = ResumableRunner(make_config(tmp_path / "straight", **settings))
+    straight.train()
+    assert_bitwise_equal(final_state(resumed), final_state(straight))
+
+
+def test_sigkill_during_saves_never_leaves_a_bad_latest(tmp_path):
+    rng = random.Random(0)
+    root = str(tmp_path)
+    for _ in range(3):
+        process = spawn("save_forever.py", root)
+        read_until(process, "checkpoints ")
+        time.sleep(rng.uniform(0.3, 1.2))
+        process.kill()
+        process.wait(timeout=30)
+        run_roots = [os.path.join(root, name) for name in os.listdir(root)]
+        assert len(run_roots) == 1
+        latests = [path for path in find_resumable_checkpoints(run_roots[0]) if path.endswith("latest.pth")]
+        assert latests
+        for path in latests:
+            state = dl.load(path)
+            assert torch.all(state["model"]["bias"] == state["runner"]["steps"])
+    process = spawn("save_forever.py", root)
+    resumed_from = read_until(process, "checkpoints ")
+    process.kill()
+    process.wait(timeout=30)
+    assert resumed_from
+
+
+def test_two_process_resume_matches_an_uninterrupted_two_process_run(tmp_path, distributed_runner):
+    distributed_runner(Path(__file__).parent / "dist_scripts" / "resume_two_processes.py", str(tmp_path))
+    for rank in (0, 1):
+        straight = torch.load(tmp_path / f"rank{rank}-straight.pt", weights_only=True)
+        resumed = torch.load(tmp_path / f"rank{rank}-resumed.pt", weights_only=True)
+        assert_bitwise_equal(resumed, straight, f"rank{rank}")
