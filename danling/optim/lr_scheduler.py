@@ -199,7 +199,7 @@ class LRScheduler(lr_scheduler.LRScheduler):
 
     The lr is a closed-form function of the step count (see
     [`compute_lr`][danling.optim.LRScheduler.compute_lr]), so restoring
-    [`state_dict`][torch.optim.lr_scheduler.LRScheduler.state_dict] into a scheduler built the same way resumes the
+    `state_dict` into a scheduler built the same way resumes the
     schedule exactly.
 
     Args:

@@ -1,6 +1,6 @@
 """Registries of optimizers and lr schedulers, so that a config can name them.
 
-Both are [`chanfig.Registry`][chanfig.Registry]s: names are case-insensitive, and `build` picks the component by the
+Both are `chanfig.Registry`s: names are case-insensitive, and `build` picks the component by the
 `type` entry and passes every other entry on as a keyword argument.
 It accepts the config either unpacked or as a mapping:
 
@@ -50,11 +50,11 @@ __all__ = ["OPTIMIZERS", "SCHEDULERS", "Registry"]
 
 
 class Registry(_ChanfigRegistry):
-    """A [`chanfig.Registry`][chanfig.Registry] whose unknown-name error lists the registered names.
+    """A `chanfig.Registry` whose unknown-name error lists the registered names.
 
     Args:
         kind: What the registry holds, for error messages (e.g. `"optimizer"`).
-        **kwargs: Passed to [`chanfig.Registry`][chanfig.Registry].
+        **kwargs: Passed to `chanfig.Registry`.
 
     Examples:
         >>> registry = Registry(kind="widget")

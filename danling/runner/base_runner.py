@@ -167,7 +167,7 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
             config.run_id = config.run_uuid.hex
         pending = self.__dict__.pop("_pending_checkpoint", None)
         if pending is None and config.get("checkpoint") is not None:
-            pending = read_checkpoint(config.checkpoint)
+            pending = read_checkpoint(config["checkpoint"])
         if pending is None and config.get("resume"):
             pending = self.find_resume_checkpoint()
         if pending is not None:
@@ -225,7 +225,7 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         pending, self._checkpoint_to_load = self._checkpoint_to_load, None
         if pending is None:
             if self.config.get("pretrained") is not None and self.model is not None:
-                self.load_pretrained(self.config.pretrained)
+                self.load_pretrained(self.config["pretrained"])
             return
         if self.model is None:
             self.load_state_dict({key: value for key, value in pending.items() if key in ("results", "runner")})
@@ -305,7 +305,7 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
 
     def dict(self, cls: Callable = dict) -> Mapping:
         """The config as a `cls` mapping, nested like `config.dict()`."""
-        plain = self.config.dict()
+        plain: Mapping = self.config.dict()  # type: ignore[assignment]
         return plain if cls is dict else cls(plain)
 
     @property
@@ -318,7 +318,7 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         self._mode = RunnerMode(mode)
 
     @property
-    def config(self) -> Config:
+    def config(self) -> Config:  # type: ignore[override]
         """The run's config."""
         return self._config
 
@@ -358,8 +358,9 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
     @property
     def total_iters(self) -> int:
         """Micro-batches (forward and backward passes) in the whole run: `iter_end`, else epochs × per epoch."""
-        if self.config.get("iter_end"):
-            return self.config.iter_end
+        iter_end = self.config.iter_end
+        if iter_end:
+            return iter_end
         return self.total_epochs * self.iters_per_epoch
 
     @property
@@ -369,8 +370,9 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         Accumulation windows close at each epoch's end, so every epoch has `ceil(iters_per_epoch / accum_steps)`
         steps; with `iter_end` set, `ceil(total_iters / accum_steps)`.
         """
-        if self.config.get("step_end"):
-            return self.config.step_end
+        step_end = self.config.step_end
+        if step_end:
+            return step_end
         if self.config.get("iter_end"):
             return ceil(self.total_iters / self.accum_steps)
         return self.total_epochs * ceil(self.iters_per_epoch / self.accum_steps)
@@ -382,8 +384,9 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         Raises:
             ValueError: If `config.epoch_end` is not set.
         """
-        if self.config.get("epoch_end"):
-            return self.config.epoch_end
+        epoch_end = self.config.epoch_end
+        if epoch_end:
+            return epoch_end
         raise ValueError("total_epochs needs config.epoch_end, which is not set")
 
     @property

@@ -51,7 +51,7 @@ def find_resumable_checkpoints(run_root: str, checkpoint_dir_name: str = "checkp
     """
     if not os.path.isdir(run_root):
         return []
-    candidates = []
+    candidates: list[str] = []
     for timestamp in sorted(os.listdir(run_root), reverse=True):
         directory = os.path.join(run_root, timestamp, checkpoint_dir_name)
         if not os.path.isdir(directory):
@@ -269,8 +269,8 @@ class CheckpointIO:
         runner = cls.__new__(cls)
         # Handed to __init__ so the file is read once and the model is restored after the subclass builds it.
         object.__setattr__(runner, "_pending_checkpoint", ckpt)
-        runner.__init__(config)
-        runner.__post_init__()
+        runner.__init__(config)  # type: ignore[misc]
+        runner.__post_init__()  # type: ignore[attr-defined]
         return runner
 
     def load_pretrained(self, checkpoint: CheckpointLike, *args: Any, **kwargs: Any) -> None:

@@ -33,9 +33,9 @@ PLATFORMS = ("auto", "torch", "accelerate", "deepspeed")
 class Config(chanfig.Config):
     """The complete state of a run that is not a tensor: identity, progress, where files go and every knob.
 
-    `Config` is a [`chanfig.Config`][chanfig.Config]: attribute and dotted access (`config.optim.lr`), nested
+    `Config` is a `chanfig.Config`: attribute and dotted access (`config.optim.lr`), nested
     sections created on first assignment, YAML/JSON round trips and command-line overrides through
-    [`parse`][chanfig.Config.parse] (`--epoch_end 5 --optim.lr 0.01`). The fields below are the ones the runner
+    `parse` (`--epoch_end 5 --optim.lr 0.01`). The fields below are the ones the runner
     reads; add any others your runner needs.
 
     The run's identity derives from the content: [`run_uuid`][danling.runner.Config.run_uuid] (and so `run_id` and
@@ -210,8 +210,9 @@ class Config(chanfig.Config):
     @property
     def run_uuid(self) -> UUID:
         """UUID of the run: the config's content, less progress counters and storage locations."""
-        identity = {key: value for key, value in self.dict().items() if key not in IGNORED_NAMES_IN_HASH}
+        content: Mapping = self.dict()  # type: ignore[assignment]
+        identity = {key: value for key, value in content.items() if key not in IGNORED_NAMES_IN_HASH}
         return uuid5(self.experiment_uuid, json.dumps(to_builtin(identity), sort_keys=True, default=repr))
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # type: ignore[override]
         return int(self.run_uuid.hex, 16)

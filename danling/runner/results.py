@@ -318,7 +318,8 @@ class Results:
         self.save({**header, "results": results}, os.path.join(directory, "results.json"))  # type: ignore[attr-defined]
         latest = self.latest_result
         latest_path = os.path.join(directory, "latest.json")
-        self.save({**header, **(latest.dict() if latest is not None else {})}, latest_path)  # type: ignore[attr-defined]
+        latest_plain: Mapping = latest.dict() if latest is not None else {}  # type: ignore[assignment]
+        self.save({**header, **latest_plain}, latest_path)  # type: ignore[attr-defined]
         if self.is_best:
             atomic_copy(latest_path, os.path.join(directory, "best.json"))
 

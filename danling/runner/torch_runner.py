@@ -365,7 +365,7 @@ class TorchRunner(BaseRunner):
         self.model.train()  # type: ignore[union-attr]
         sampler = self.datasamplers.get(split) if split in self.datasamplers else getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.config.epochs)
+            sampler.set_epoch(self.config.epochs)  # type: ignore[union-attr]
         done = self._resume_measures(split)
         generator = getattr(loader, "generator", None)
         self._epoch_generator_state = generator.get_state() if generator is not None else None
@@ -485,7 +485,7 @@ class TorchRunner(BaseRunner):
 
     def step(self) -> None:
         """Clip, step the optimizer, zero gradients, update EMA, step the scheduler; `steps += 1`."""
-        optimizer = self.optimizer
+        optimizer: Any = self.optimizer
         max_grad_value, max_grad_norm = self.config.max_grad_value, self.config.max_grad_norm
         if max_grad_value is not None or max_grad_norm is not None:
             if self.scaler is not None:
@@ -501,8 +501,9 @@ class TorchRunner(BaseRunner):
         else:
             optimizer.step()  # type: ignore[union-attr]
         optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
-        if self.ema is not None:
-            update = getattr(self.ema, "update_parameters", None) or self.ema.update
+        ema: Any = self.ema
+        if ema is not None:
+            update = getattr(ema, "update_parameters", None) or ema.update
             update(self.unwrap(self.model))
         if self.scheduler is not None:
             self.scheduler.step()
@@ -513,8 +514,9 @@ class TorchRunner(BaseRunner):
 
         Skipping the gradient all-reduce there is what makes accumulation cheap under DDP.
         """
-        if self.config.accum_steps > 1 and hasattr(self.model, "no_sync") and not self._accumulation_window()[1]:
-            return self.model.no_sync()  # type: ignore[union-attr]
+        model: Any = self.model
+        if self.config.accum_steps > 1 and hasattr(model, "no_sync") and not self._accumulation_window()[1]:
+            return model.no_sync()
         return nullcontext()
 
     def autocast(self) -> Any:
