@@ -11,8 +11,8 @@ image gets five binary labels derived from the digit it shows, any number of whi
 
 A small perceptron outputs one logit per label and is trained with `BCEWithLogitsLoss`; the metrics are per label
 and macro-averaged (`auroc`, `auprc`, `f1`, and `mcc` over every label), `acc` is exact match: all five labels
-right. Epochs are ranked by the validation `f1`. With the defaults below the validation macro F1 reaches about 0.97,
-and about 95% of the images get all five labels right.
+right. Epochs are ranked by the validation `f1`. With the defaults below the validation macro F1 reaches about
+0.985 and the AUROC 0.999, and about 95% of the validation images get all five labels right.
 
     python examples/multilabel.py                              # defaults below
     python examples/multilabel.py --epoch_end 5 --optim.lr 0.003 --threshold 0.4
@@ -64,7 +64,7 @@ class MultiLabelConfig(dl.Config):
         super().__init__(*args, **kwargs)
         # Plain mappings: nested sections must not receive the runner's top-level defaults.
         if "optim" not in self:
-            self.optim = {"type": "adamw", "lr": 3e-3, "weight_decay": 1e-4}
+            self.optim = {"type": "adamw", "lr": 1e-2, "weight_decay": 1e-4}
         if "dataloader" not in self:
             self.dataloader = {"batch_size": 32}
 

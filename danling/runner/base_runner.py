@@ -183,12 +183,12 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         is reported and skipped in favour of the next newest. The main process chooses; every process loads the
         file it chose.
         """
-        chosen = None
+        chosen, loaded = None, None
         if self.is_main_process:
             run_root = os.path.join(self.config.project_root, f"{self.name}-{self.id}")
             for path in find_resumable_checkpoints(run_root, self.config.checkpoint_dir_name):
                 try:
-                    read_checkpoint(path)
+                    loaded = read_checkpoint(path)
                 except (CorruptFileError, ValueError) as error:
                     print(f"resume: skipping {path}: {error}", file=sys.stderr)
                     continue
@@ -199,7 +199,7 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         if chosen is None:
             return None
         self.config.checkpoint = chosen
-        return read_checkpoint(chosen)
+        return loaded if loaded is not None else read_checkpoint(chosen)
 
     def __post_init__(self) -> None:
         self.init_environment()

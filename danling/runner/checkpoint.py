@@ -193,8 +193,8 @@ class CheckpointIO:
     def load_config(self, checkpoint: CheckpointLike, overwrite: bool = False, *args: Any, **kwargs: Any) -> None:
         """Take the config of the run that wrote `checkpoint`, to continue it.
 
-        Keys the current config lacks are added (all keys when `overwrite=True`); the progress counters are
-        restored, so the run resumes at the next epoch; and the run keeps its identity (`experiment_id`,
+        Keys the current config lacks or leaves `None` are taken from the checkpoint (all keys when
+        `overwrite=True`); the progress counters are restored, so the run resumes at the next epoch; and the run keeps its identity (`experiment_id`,
         `run_id` and `timestamp`), so it writes to the same run directory.
 
         Args:
@@ -209,7 +209,11 @@ class CheckpointIO:
         """
         ckpt = read_checkpoint(checkpoint, **kwargs)
         config = ckpt.get("runner", ckpt)
+        # A key the current config leaves unset (absent or None, like a seed to be drawn) takes the checkpoint's
+        # value: otherwise a resumed run would draw a new seed and see its data in a different order.
+        unset = {k: v for k, v in config.items() if k != "checkpoint" and self.config.get(k) is None}
         self.config.merge({k: v for k, v in config.items() if k != "checkpoint"}, overwrite=overwrite)
+        self.config.merge(unset, overwrite=True)
         for key in ("experiment_id", "run_id"):
             if config.get(key) is not None:
                 self.config[key] = config[key]

@@ -131,3 +131,15 @@ def test_resume_true_falls_back_to_the_newest_good_checkpoint(tmp_path, capsys):
     assert "skipping" in capsys.readouterr().err
     assert resumed.config.epoch_begin == 3
     assert torch.equal(resumed.model[0].weight, runner.model[0].weight)
+
+
+def test_resume_without_a_fixed_seed_keeps_the_drawn_seed(tmp_path):
+    settings = {**SETTINGS, "checkpoint_interval": 1, "seed": None}
+    runner = ResumableRunner(make_config(tmp_path, **settings, fail_at_iter=12))
+    drawn = runner.config.seed
+    with pytest.raises(Interrupted):
+        runner.train()
+    resumed = ResumableRunner(make_config(tmp_path, **settings, fail_at_iter=12, resume=True))
+    assert resumed.config.checkpoint is not None
+    assert resumed.config.seed == drawn
+    assert resumed.dir == runner.dir

@@ -270,3 +270,45 @@ def test_runner_works_as_a_user_base_class(tmp_path):
 
     results = Mine(make_config(tmp_path, epoch_end=2)).train()
     assert len(results) == 2
+
+
+def test_progress_bars_only_on_a_terminal_and_when_enabled(tmp_path, monkeypatch):
+    import sys
+
+    from tqdm.auto import tqdm
+
+    runner = RegressionRunner(make_config(tmp_path))
+    loader = runner.dataloaders.train
+    assert runner._progress_bar(loader, "train") is loader  # pytest's captured stdout is not a terminal
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    bar = runner._progress_bar(loader, "train")
+    assert isinstance(bar, tqdm)
+    bar.close()
+    runner.config.progress = False
+    assert runner._progress_bar(loader, "train") is loader
+
+
+class RandomDataset(torch.utils.data.Dataset):
+    """Each sample is a draw from Python's and NumPy's global generators in the process that loads it."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        import random
+
+        import numpy as np
+
+        return torch.tensor([random.random(), float(np.random.rand())]), torch.zeros(1)
+
+
+def test_dataloader_workers_are_seeded_reproducibly(tmp_path):
+    draws = []
+    for name in ("a", "b"):
+        config = make_config(tmp_path / name, dataloader={"batch_size": 2, "num_workers": 2})
+        runner = dl.TorchRunner(config)
+        runner.datasets.train = RandomDataset()
+        runner.build_dataloaders()
+        draws.append(torch.cat([x for x, _ in runner.dataloaders.train]))
+    assert torch.equal(draws[0], draws[1])
+    assert len(set(draws[0][:, 0].tolist())) == 8  # workers do not repeat each other's draws
