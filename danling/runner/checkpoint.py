@@ -194,8 +194,9 @@ class CheckpointIO:
         """Take the config of the run that wrote `checkpoint`, to continue it.
 
         Keys the current config lacks or leaves `None` are taken from the checkpoint (all keys when
-        `overwrite=True`); the progress counters are restored, so the run resumes at the next epoch; and the run keeps its identity (`experiment_id`,
-        `run_id` and `timestamp`), so it writes to the same run directory.
+        `overwrite=True`); the progress counters are restored, so the run resumes where the checkpoint was taken
+        (the next epoch, or inside the epoch for a mid-epoch checkpoint); and the run keeps its identity
+        (`experiment_id`, `run_id` and `timestamp`), so it writes to the same run directory.
 
         Args:
             checkpoint: Checkpoint (or its path) to load.
