@@ -60,22 +60,22 @@ def collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum of `tensor` over every process, returned on the tensor's own device; the input is not modified."""
+def _all_reduce(tensor: torch.Tensor, op: Any) -> torch.Tensor:
     if not is_distributed():
         return tensor
     reduced = tensor.detach().to(collective_device(), copy=True)
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    dist.all_reduce(reduced, op=op)
     return reduced.to(tensor.device)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of `tensor` over every process, returned on the tensor's own device; the input is not modified."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum of `tensor` over every process, on the tensor's own device; the input is not modified."""
-    if not is_distributed():
-        return tensor
-    reduced = tensor.detach().to(collective_device(), copy=True)
-    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
-    return reduced.to(tensor.device)
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
