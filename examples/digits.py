@@ -88,9 +88,10 @@ def results_table(runner: dl.TorchRunner) -> str:
     return "\n".join(lines)
 
 
-def main() -> dl.TorchRunner:
+def main(argv: list[str] | None = None) -> dl.TorchRunner:
+    """Train with the defaults of `DigitsConfig`, overridden by `argv` (the command line when `None`)."""
     config = DigitsConfig()
-    config.parse()
+    config.parse(argv)
     runner = DigitsRunner(config)
     runner.train()
     print(results_table(runner))

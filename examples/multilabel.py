@@ -9,15 +9,20 @@ image gets five binary labels derived from the digit it shows, any number of whi
     loop      0 6 8 9      (a closed loop in the usual way of writing it)
     triple    0 3 6 9      (a multiple of three)
 
-A small perceptron outputs one logit per label and is trained with `BCEWithLogitsLoss`; the metrics are per label
-and macro-averaged (`auroc`, `auprc`, `f1`, and `mcc` over every label), `acc` is exact match: all five labels
-right. Epochs are ranked by the validation `f1`. With the defaults below the validation macro F1 reaches about
-0.985 and the AUROC 0.999, and about 95% of the validation images get all five labels right.
+A small perceptron outputs one logit per label and is trained with `BCEWithLogitsLoss`. `auroc`, `auprc` and `f1`
+are computed per label and macro-averaged, `mcc` over every label at once, and `acc` is exact match: all five labels
+right. Epochs are ranked by the validation `f1`. With the defaults below it takes a few seconds on a CPU, the
+validation macro F1 reaches about 0.985 and the AUROC 0.999, and about 95% of the validation images get all five
+labels right (a test checks F1 >= 0.97, AUROC >= 0.995 and exact match >= 0.92).
 
     python examples/multilabel.py                              # defaults below
     python examples/multilabel.py --epoch_end 5 --optim.lr 0.003 --threshold 0.4
-    python examples/multilabel.py --score_name auroc
+    python examples/multilabel.py --score_name auroc --log false
     torchrun --nproc_per_node 2 examples/multilabel.py         # the same script, two processes
+    torchrun --nproc_per_node 2 examples/multilabel.py -- --log false
+
+Under `torchrun`, put `--` before options it could take for an abbreviation of its own (`--log` would match its
+`--log-dir`).
 """
 
 from __future__ import annotations
