@@ -24,24 +24,33 @@ class RankPrint:
 
     def __init__(self, original: Any) -> None:
         self.original = original
-        self.process = 0
-        self._runner: weakref.ref | None = None
+        # Newest last. Weak, so a finished runner can be collected; prints then follow the newest one still alive.
+        self._bindings: list[tuple[weakref.ref, int]] = []
         self.logger = logging.getLogger(PRINT_LOGGER)
 
     def bind(self, runner: Any, process: int = 0) -> None:
-        """Route prints by `runner`'s rank and `config.log` from now on."""
-        self._runner = weakref.ref(runner)
-        self.process = process
+        """Route prints by `runner`'s rank and `config.log` from now on (`process` is the rank that prints)."""
+        self._bindings = [(ref, rank) for ref, rank in self._bindings if ref() is not None and ref() is not runner]
+        self._bindings.append((weakref.ref(runner), process))
+
+    def _current(self) -> tuple[Any, int]:
+        while self._bindings:
+            ref, process = self._bindings[-1]
+            runner = ref()
+            if runner is not None:
+                return runner, process
+            self._bindings.pop()
+        return None, 0
 
     def __call__(
         self, *args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False,
         force: bool = False,
     ) -> None:  # fmt: skip
-        runner = self._runner() if self._runner is not None else None
+        runner, process = self._current()
         if runner is None or file is not None:
             self.original(*args, sep=sep, end=end, file=file, flush=flush)
             return
-        if not force and runner.rank != self.process:
+        if not force and runner.rank != process:
             return
         if runner.config.log and logging.getLogger("danling").handlers:
             self.logger.info((" " if sep is None else sep).join(str(arg) for arg in args))

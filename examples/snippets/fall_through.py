@@ -1,5 +1,7 @@
 """Attribute access on a runner falls through to its config, and assignments follow one precedence.
 
+Run it with:
+
     python examples/snippets/fall_through.py
 """
 
@@ -18,7 +20,7 @@ def main() -> None:
     # Reads: the runner has no `lr` or `epoch_end`, so it reads them from its config.
     print(f"runner.lr: {runner.lr}, runner.epoch_end: {runner.epoch_end}")
     try:
-        runner.learning_rate
+        _ = runner.learning_rate
     except AttributeError as error:
         print(f"AttributeError: {error}")
     # --8<-- [end:reads]

@@ -1,5 +1,7 @@
 """A first custom runner: a linear classifier on generated data.
 
+Run it with:
+
     python examples/snippets/first_runner.py
     python examples/snippets/first_runner.py --lr 0.05 --epoch_end 8
 """

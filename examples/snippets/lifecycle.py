@@ -1,5 +1,7 @@
 """What happens when a runner is constructed: `__init__` (yours and the base's), then `__post_init__`.
 
+Run it with:
+
     python examples/snippets/lifecycle.py
 """
 

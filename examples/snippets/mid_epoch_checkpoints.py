@@ -1,5 +1,7 @@
 """Checkpoints inside an epoch: `checkpoint_interval` saves `latest` every N optimizer steps.
 
+Run it with:
+
     python examples/snippets/mid_epoch_checkpoints.py
 """
 
@@ -28,7 +30,7 @@ class LongEpochRunner(dl.TorchRunner):
         self.datasets.train = TensorDataset(inputs, inputs.sum(1, keepdim=True))  # 8 batches of 8
         self.model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.Linear(8, 1))
         self.criterion = nn.MSELoss()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.02, momentum=0.9)
 
     def train_step(self, batch):
         loss = super().train_step(batch)
@@ -65,8 +67,10 @@ def main() -> None:
     straight.train()
     same = all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), straight.model.parameters()))
     print(f"resumed run equals uninterrupted run: {same}")
-    print(f"train loss of epoch 1: resumed {resumed.results[1]['train']['loss']:.6f}, "
-          f"uninterrupted {straight.results[1]['train']['loss']:.6f}")
+    print(
+        f"train loss of epoch 1: resumed {resumed.results[1]['train']['loss']:.6f}, "
+        f"uninterrupted {straight.results[1]['train']['loss']:.6f}"
+    )
     # --8<-- [end:resume]
 
 

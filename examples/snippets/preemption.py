@@ -1,5 +1,7 @@
 """Preemption: on SIGTERM or SIGUSR1, `train` saves `latest` at the next optimizer step and exits.
 
+Run it with:
+
     python examples/snippets/preemption.py
 """
 

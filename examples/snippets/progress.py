@@ -1,5 +1,7 @@
 """Progress counters: `iters` counts micro-batches, `steps` optimizer updates, `epochs` the epoch index.
 
+Run it with:
+
     python examples/snippets/progress.py
 """
 
@@ -37,7 +39,8 @@ def main() -> None:
     config = dl.Config(epoch_end=2, accum_steps=3, seed=0, log=False, project_root=tempfile.mkdtemp())
     config.dataloader.batch_size = 4
     runner = CountingRunner(config)
-    print(f"planned: total_iters {runner.total_iters}, total_steps {runner.total_steps}, total_epochs {runner.total_epochs}")
+    totals = f"total_iters {runner.total_iters}, total_steps {runner.total_steps}, total_epochs {runner.total_epochs}"
+    print(f"planned: {totals}")
     runner.train()
     for epochs, iters, steps in runner.updates:
         print(f"optimizer step {steps} after micro-batch {iters} (epoch {epochs})")

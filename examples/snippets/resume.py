@@ -1,5 +1,7 @@
 """Resuming a run: `from_checkpoint`, `config.checkpoint` and `resume=True`, and what a damaged checkpoint does.
 
+Run it with:
+
     python examples/snippets/resume.py
 """
 
@@ -68,7 +70,9 @@ def main() -> None:
 
     # 2. config.checkpoint: your config, plus the path to continue from (e.g. --checkpoint on the command line).
     by_path = ResumableRunner(make_config(root, checkpoint=latest))
-    print(f"config.checkpoint: epoch_begin {by_path.config.epoch_begin}, same directory {by_path.dir == interrupted.dir}")
+    print(
+        f"config.checkpoint: epoch_begin {by_path.config.epoch_begin}, same directory {by_path.dir == interrupted.dir}"
+    )
 
     # 3. resume=True: relaunch the same config; the runner finds the newest intact checkpoint of this run.
     relaunched = ResumableRunner(make_config(root, resume=True))

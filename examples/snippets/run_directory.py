@@ -1,5 +1,7 @@
 """Where a run writes: its name, its id and the files under `{project_root}/{name}-{id}/{timestamp}`.
 
+Run it with:
+
     python examples/snippets/run_directory.py
 """
 

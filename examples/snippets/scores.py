@@ -1,5 +1,7 @@
 """Results, scores and the best epoch: which split and metric rank epochs, and which direction is better.
 
+Run it with:
+
     python examples/snippets/scores.py
 """
 
@@ -36,7 +38,9 @@ def main() -> None:
     for name in ("loss", "rmse", "val_rmse", "perplexity", "acc", "auroc"):
         print(f"{name}: {choose_best_fn(name).__name__}")
     # The score split: score_split if set; else "val", then "validate", then the second split, then the first.
-    print(infer_score_split(["train", "val", "test"]), infer_score_split(["train", "test"]), infer_score_split(["train"]))
+    print(
+        infer_score_split(["train", "val", "test"]), infer_score_split(["train", "test"]), infer_score_split(["train"])
+    )
     # --8<-- [end:rules]
 
 

@@ -266,7 +266,7 @@ def test_attribute_writes_follow_the_documented_precedence(tmp_path, name, where
         assert name not in runner.__dict__
     else:
         assert runner.__dict__[name] == "value"
-        assert runner.config.get(name, None) != "value" or name in runner.__dict__
+        assert runner.config.get(name) != "value"
 
 
 def test_runner_reads_fall_through_to_config(tmp_path):
@@ -319,5 +319,23 @@ def test_print_to_an_explicit_file_is_not_swallowed(tmp_path, capsys):
         make_runner(tmp_path, log=True)
         print("to stderr", file=sys.stderr)
         assert "to stderr" in capsys.readouterr().err
+    finally:
+        restore_print()
+
+
+def test_print_follows_the_newest_runner_still_alive(tmp_path, capsys):
+    import gc
+    import logging
+
+    try:
+        older = make_runner(tmp_path / "older", log=True)
+        newer = make_runner(tmp_path / "newer", log=False)
+        del newer
+        gc.collect()
+        print("after the newer runner is gone")
+        for handler in logging.getLogger("danling").handlers:
+            handler.flush()
+        with open(older.log_path) as fp:
+            assert "after the newer runner is gone" in fp.read()
     finally:
         restore_print()
