@@ -182,7 +182,8 @@ class CheckpointIO:
             return
         epochs = self.config.epochs if epochs is None else epochs
         latest_path = os.path.join(self.checkpoint_dir, f"{name}.pth")  # type: ignore[attr-defined]
-        self.save(state, latest_path)  # type: ignore[attr-defined]
+        spare = bool(self.config.get("checkpoint_spare")) and latest_path.endswith(".pth")
+        self.save(state, latest_path, spare=spare)  # type: ignore[attr-defined]
         save_interval = self.config.get("save_interval")
         at_epoch_end = "position" not in state  # a checkpoint from inside an epoch is never a snapshot or best
         if at_epoch_end and save_interval and save_interval > 0 and (epochs + 1) % save_interval == 0:

@@ -120,6 +120,9 @@ class Config(chanfig.Config):
     """Also keep `epoch-N.pth` every this many epochs; `None` keeps only `latest` and `best`."""
     checkpoint_interval: int | None = None
     """Also save `latest` every this many optimizer steps, inside epochs; `None` saves at epoch ends only."""
+    checkpoint_spare: bool = True
+    """Keep the replaced `latest.pth` as a hidden spare and rewrite it in place at the next save: much faster
+    frequent saves, for one more checkpoint's worth of disk."""
     checkpoint: str | None = None
     """Path of a checkpoint to resume from."""
     resume: bool = False

@@ -11,7 +11,9 @@ import json
 import mmap
 import os
 import shutil
+import stat
 import tempfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -122,16 +124,23 @@ def fsync_dir(directory: PathStr) -> None:
 
 
 @contextmanager
-def atomic_write(path: PathStr, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+def atomic_write(path: PathStr, mode: str = "wb", encoding: str | None = None, spare: bool = False) -> Iterator[IO]:
     """Open a temporary file beside `path`; on success, make it `path` in one rename.
 
     If the block raises, the temporary file is removed and `path` is untouched. An `OSError` (disk full,
     permission denied) is re-raised with `path` in its message.
 
+    With `spare=True`, the file `path` replaces is kept as `.{name}.spare` and the next write goes into it in
+    place. For a file rewritten again and again (a checkpoint saved every few steps), rewriting pages already in
+    the page cache is much cheaper than allocating a new file each time; the price is one more file of the same
+    size on disk. A file that is also reachable under another name (a hard link such as `best.pth`) is never
+    reused, so nothing but `path` itself ever changes.
+
     Args:
         path: Destination file.
         mode: `"wb"` or `"w"`.
         encoding: Text encoding when `mode` is `"w"` (defaults to UTF-8).
+        spare: Keep the replaced file and write into it next time.
 
     Examples:
         >>> import os, tempfile
@@ -145,25 +154,48 @@ def atomic_write(path: PathStr, mode: str = "wb", encoding: str | None = None) -
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    spare_path = os.path.join(directory, f".{os.path.basename(path)}.spare")
+    retiring = os.path.join(directory, f".{os.path.basename(path)}.retiring")
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        if spare and _only_name(spare_path):
+            fd, tmp_path = os.open(spare_path, os.O_WRONLY), spare_path
+        else:
+            fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
     except OSError as error:
         raise OSError(error.errno, f"cannot write {path!r}: {error.strerror}") from error
     try:
         with os.fdopen(fd, mode, encoding=encoding or ("utf-8" if mode == "w" else None)) as fp:
-            os.chmod(tmp_path, 0o666 & ~_UMASK)
             yield fp
+            fp.truncate()  # a reused spare may be longer than what was written into it
             fp.flush()
             os.fsync(fp.fileno())
+        keep = spare and _only_name(path)
+        if keep:
+            with suppress(FileNotFoundError):
+                os.unlink(retiring)  # left by a crash between the renames below
+            os.link(path, retiring)
         os.replace(tmp_path, path)
+        if keep:
+            os.replace(retiring, spare_path)
     except BaseException as error:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp_path)
+        for leftover in (tmp_path, retiring):
+            with suppress(FileNotFoundError):
+                os.unlink(leftover)
         if isinstance(error, OSError) and path not in str(error):
             raise OSError(error.errno, f"cannot write {path!r}: {error.strerror or error}") from error
         raise
     fsync_dir(directory)
+
+
+def _only_name(path: str) -> bool:
+    """Whether `path` is a regular file that no other name links to."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(status.st_mode) and status.st_nlink == 1
 
 
 def atomic_copy(source: PathStr, destination: PathStr) -> None:
@@ -237,10 +269,10 @@ def _save_yaml(obj: Any, path: str, **kwargs: Any) -> None:
         yaml.safe_dump(to_builtin(obj), fp, **kwargs)
 
 
-def _save_torch(obj: Any, path: str, **kwargs: Any) -> None:
+def _save_torch(obj: Any, path: str, spare: bool = False, **kwargs: Any) -> None:
     import torch
 
-    with atomic_write(path) as fp:
+    with atomic_write(path, spare=spare) as fp:
         writer = _ChecksumWriter(fp)
         torch.save(obj, writer, **kwargs)  # type: ignore[arg-type]
         fp.write(_TRAILER_MAGIC + writer.crc.to_bytes(4, "little") + writer.length.to_bytes(8, "little"))
@@ -279,17 +311,43 @@ def _load_torch(path: str, verify: bool = True, **kwargs: Any) -> Any:
 
     import torch
 
-    if verify:
-        verify_checksum(path)
+    # The checksum runs in a thread beside torch.load (zlib releases the GIL), so verifying costs little wall time;
+    # nothing is returned before it has passed.
+    verification = _Verification(path) if verify else None
     # Loading a checkpoint must never run code from the file.
     kwargs.setdefault("weights_only", True)
     kwargs.setdefault("map_location", "cpu")
     try:
-        return torch.load(path, **kwargs)
+        loaded = torch.load(path, **kwargs)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        if verification is not None:
+            verification.result()  # a damaged file is best reported by its checksum
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             raise  # a file that is intact but holds objects that are not plain data: not a corruption
         raise CorruptFileError(f"{path!r} is truncated or corrupted: {error}") from error
+    if verification is not None:
+        verification.result()
+    return loaded
+
+
+class _Verification:
+    """`verify_checksum(path)` running in a background thread; `result()` waits and re-raises its error."""
+
+    def __init__(self, path: str) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self.thread.start()
+
+    def _run(self, path: str) -> None:
+        try:
+            verify_checksum(path)
+        except BaseException as error:  # handed to the caller's thread by result()
+            self.error = error
+
+    def result(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _load_npy(path: str, **kwargs: Any) -> Any:

@@ -417,3 +417,49 @@ def test_sigkill_while_repeatedly_saving_never_leaves_a_file_that_fails_to_load(
         value = tensor[0].item()
         assert value in {0.0, 1.0, 2.0}
         assert torch.all(tensor == value)
+
+
+def test_spare_write_reuses_the_replaced_file_and_keeps_content_exact(tmp_path):
+    import torch
+
+    from danling.utils.io import load, save
+
+    path = tmp_path / "latest.pth"
+    spare = tmp_path / ".latest.pth.spare"
+    save({"w": torch.arange(1000)}, path, spare=True)
+    assert not spare.exists()  # nothing was replaced yet
+    save({"w": torch.arange(10)}, path, spare=True)
+    assert spare.exists()
+    spare_inode = spare.stat().st_ino
+    save({"w": torch.arange(5)}, path, spare=True)
+    assert path.stat().st_ino == spare_inode  # written in place into the spare, then renamed
+    assert torch.equal(load(path)["w"], torch.arange(5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".latest.pth.spare", "latest.pth"]
+
+
+def test_spare_write_never_touches_a_file_shared_with_another_name(tmp_path):
+    import torch
+
+    from danling.utils.io import atomic_copy, load, save
+
+    path, best = tmp_path / "latest.pth", tmp_path / "best.pth"
+    save({"w": torch.zeros(100)}, path, spare=True)
+    atomic_copy(path, best)  # best is a hard link to latest's file
+    for value in (1.0, 2.0, 3.0):
+        save({"w": torch.full((100,), value)}, path, spare=True)
+        assert torch.equal(load(best)["w"], torch.zeros(100))
+    assert torch.equal(load(path)["w"], torch.full((100,), 3.0))
+
+
+def test_failed_spare_write_keeps_the_previous_file(tmp_path):
+    import pytest
+    import torch
+
+    from danling.utils.io import load, save
+
+    path = tmp_path / "latest.pth"
+    save({"w": torch.ones(10)}, path, spare=True)
+    save({"w": torch.ones(10) * 2}, path, spare=True)
+    with pytest.raises(Exception):  # noqa: B017 - the pickling error type varies across Python versions
+        save({"w": lambda: None}, path, spare=True)
+    assert torch.equal(load(path)["w"], torch.ones(10) * 2)
