@@ -9,7 +9,7 @@ from warnings import warn
 
 from chanfig import NestedDict
 
-from ..utils.io import atomic_copy
+from ..utils.io import atomic_copy, remove_stale_temporaries
 from .config import Config
 
 __all__ = ["CheckpointIO", "extract_model_state", "find_resumable_checkpoints", "read_checkpoint"]
@@ -181,6 +181,10 @@ class CheckpointIO:
         if not self.is_main_process:  # type: ignore[attr-defined]
             return
         epochs = self.config.epochs if epochs is None else epochs
+        if not self.__dict__.get("_checkpoint_dir_tidied"):
+            # A process killed while saving (the run being resumed now, say) leaves its temporary file behind.
+            remove_stale_temporaries(self.checkpoint_dir)  # type: ignore[attr-defined]
+            self.__dict__["_checkpoint_dir_tidied"] = True
         latest_path = os.path.join(self.checkpoint_dir, f"{name}.pth")  # type: ignore[attr-defined]
         spare = bool(self.config.get("checkpoint_spare")) and latest_path.endswith(".pth")
         self.save(state, latest_path, spare=spare)  # type: ignore[attr-defined]

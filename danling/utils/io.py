@@ -30,6 +30,7 @@ __all__ = [
     "fsync_dir",
     "is_json_serializable",
     "load",
+    "remove_stale_temporaries",
     "save",
     "to_builtin",
 ]
@@ -187,6 +188,25 @@ def atomic_write(path: PathStr, mode: str = "wb", encoding: str | None = None, s
             raise OSError(error.errno, f"cannot write {path!r}: {error.strerror or error}") from error
         raise
     fsync_dir(directory)
+
+
+def remove_stale_temporaries(directory: PathStr) -> list[str]:
+    """Delete the temporary files that writers killed mid-write left in `directory`; return their paths.
+
+    Only names this module creates are touched (`.{name}.*.tmp`, `.{name}.retiring`, `.{name}.*.link`); spare
+    files are kept for reuse. Call it only where no other process is writing to `directory`.
+    """
+    removed: list[str] = []
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return removed
+    for name in os.listdir(directory):
+        if name.startswith(".") and name.endswith((".tmp", ".retiring", ".link")):
+            path = os.path.join(directory, name)
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+    return removed
 
 
 def _only_name(path: str) -> bool:

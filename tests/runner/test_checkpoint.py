@@ -143,3 +143,13 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     for name in ("latest.pth", "best.pth"):
         state = torch.load(os.path.join(runner.checkpoint_dir, name), weights_only=True)
         assert "model" in state
+
+
+def test_first_save_removes_temporaries_a_killed_writer_left(tmp_path):
+    runner = RegressionRunner(make_config(tmp_path))
+    stale = os.path.join(runner.checkpoint_dir, ".latest.pth.abc123.tmp")
+    with open(stale, "wb") as fp:
+        fp.write(b"half a checkpoint")
+    runner.save_checkpoint()
+    assert not os.path.exists(stale)
+    assert os.path.isfile(os.path.join(runner.checkpoint_dir, "latest.pth"))
