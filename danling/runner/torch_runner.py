@@ -309,6 +309,9 @@ class TorchRunner(BaseRunner):
             raise ValueError(f"no dataloader for split(s) {missing}; there are: {list(self.dataloaders.keys())}")
         if self.config.epoch_end is None:
             raise ValueError("train needs config.epoch_end, which is not set")
+        unset = [name for name in ("model", "criterion", "optimizer") if getattr(self, name) is None]
+        if unset:
+            raise ValueError(f"train needs {', '.join(unset)}: assign self.{unset[0]} in your runner's __init__")
         patience = self.config.get("patience")
         with PreemptionWatcher() as watcher:
             self._preemption = watcher
@@ -578,6 +581,8 @@ class TorchRunner(BaseRunner):
         Unwrapped because DDP's forward may broadcast buffers, a collective that would hang when processes
         evaluate different numbers of batches.
         """
+        if self.model is None:
+            raise ValueError("there is no model to evaluate: assign self.model in your runner's __init__")
         return self.unwrap(self.ema if self.ema is not None else self.model)
 
     @torch.no_grad()

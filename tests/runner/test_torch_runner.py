@@ -312,3 +312,23 @@ def test_dataloader_workers_are_seeded_reproducibly(tmp_path):
         draws.append(torch.cat([x for x, _ in runner.dataloaders.train]))
     assert torch.equal(draws[0], draws[1])
     assert len(set(draws[0][:, 0].tolist())) == 8  # workers do not repeat each other's draws
+
+
+def test_train_without_an_optimizer_says_what_to_assign(tmp_path):
+    class NoOptimizer(dl.TorchRunner):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = nn.Linear(4, 1)
+            self.criterion = nn.MSELoss()
+            self.datasets.train = regression_data(16)
+
+    with pytest.raises(ValueError, match="optimizer"):
+        NoOptimizer(make_config(tmp_path, epoch_end=1)).train()
+
+
+def test_evaluate_without_a_model_says_what_to_assign(tmp_path):
+    runner = dl.TorchRunner(make_config(tmp_path))
+    runner.datasets.val = regression_data(8)
+    runner.build_dataloaders()
+    with pytest.raises(ValueError, match="self.model"):
+        runner.evaluate(["val"])
