@@ -78,23 +78,13 @@ class DigitsRunner(dl.Runner):
         self.metrics = dl.metrics.multiclass_metrics(num_classes=10)
 
 
-def results_table(runner: dl.TorchRunner) -> str:
-    """One line per epoch: train loss, validation loss and accuracy, the best epoch marked."""
-    lines = [f"{'epoch':>5}  {'train loss':>10}  {'val loss':>8}  {'val acc':>7}"]
-    for epoch, result in runner.results.items():
-        marker = "  <- best" if epoch == runner.best_index else ""
-        train, val = result["train"], result["val"]
-        lines.append(f"{epoch:>5}  {train['loss']:>10.4f}  {val['loss']:>8.4f}  {val['acc']:>7.4f}{marker}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> dl.TorchRunner:
     """Train with the defaults of `DigitsConfig`, overridden by `argv` (the command line when `None`)."""
     config = DigitsConfig()
     config.parse(argv)
     runner = DigitsRunner(config)
     runner.train()
-    print(results_table(runner))
+    print(runner.results_table(["train.loss", "val.loss", "val.acc"]))
     print(f"best validation accuracy {runner.best_score:.4f} at epoch {runner.best_index}; run directory: {runner.dir}")
     return runner
 

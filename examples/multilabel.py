@@ -118,26 +118,13 @@ class MultiLabelRunner(dl.Runner):
         self.metrics = dl.metrics.multilabel_metrics(num_labels=len(LABELS), threshold=self.config.threshold)
 
 
-def results_table(runner: dl.TorchRunner) -> str:
-    """One line per epoch: train loss, then validation loss, AUROC, F1 and exact-match accuracy, the best marked."""
-    lines = [f"{'epoch':>5}  {'train loss':>10}  {'val loss':>8}  {'val auroc':>9}  {'val f1':>7}  {'val acc':>7}"]
-    for epoch, result in runner.results.items():
-        marker = "  <- best" if epoch == runner.best_index else ""
-        train, val = result["train"], result["val"]
-        lines.append(
-            f"{epoch:>5}  {train['loss']:>10.4f}  {val['loss']:>8.4f}  {val['auroc']:>9.4f}  {val['f1']:>7.4f}"
-            f"  {val['acc']:>7.4f}{marker}"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> MultiLabelRunner:
     """Train with the defaults, overridden by `argv` (the command line when `None`); return the runner."""
     config = MultiLabelConfig()
     config.parse(argv)
     runner = MultiLabelRunner(config)
     runner.train()
-    print(results_table(runner))
+    print(runner.results_table(["train.loss", "val.loss", "val.auroc", "val.f1", "val.acc"]))
     print(
         f"best validation {config.score_name} {runner.best_score:.4f} at epoch {runner.best_index}; "
         f"run directory: {runner.dir}"

@@ -114,26 +114,13 @@ class DiabetesRunner(dl.Runner):
         self.metrics = dl.metrics.regression_metrics(num_outputs=1)
 
 
-def results_table(runner: dl.TorchRunner) -> str:
-    """One line per epoch: train loss, then validation loss, R², RMSE and Pearson's r, the best epoch marked."""
-    lines = [f"{'epoch':>5}  {'train loss':>10}  {'val loss':>8}  {'val r2':>7}  {'val rmse':>8}  {'val r':>6}"]
-    for epoch, result in runner.results.items():
-        marker = "  <- best" if epoch == runner.best_index else ""
-        train, val = result["train"], result["val"]
-        lines.append(
-            f"{epoch:>5}  {train['loss']:>10.4f}  {val['loss']:>8.4f}  {val['r2']:>7.4f}  {val['rmse']:>8.4f}"
-            f"  {val['pearson']:>6.4f}{marker}"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> DiabetesRunner:
     """Train with the defaults, overridden by `argv` (the command line when `None`); return the runner."""
     config = DiabetesConfig()
     config.parse(argv)
     runner = DiabetesRunner(config)
     runner.train()
-    print(results_table(runner))
+    print(runner.results_table(["train.loss", "val.loss", "val.r2", "val.rmse", "val.pearson"]))
     best = runner.results[runner.best_index]["val"]
     target_std = runner.datasets.val.target_std
     print(

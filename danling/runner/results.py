@@ -16,7 +16,7 @@ from ..utils.io import atomic_copy
 from .config import Config
 from .meta import RunnerMode
 
-__all__ = ["Results", "choose_best_fn", "format_result", "infer_score_split"]
+__all__ = ["Results", "choose_best_fn", "format_result", "format_results_table", "infer_score_split"]
 
 
 def infer_score_split(splits: Sequence[str], score_split: str | None = None) -> str:
@@ -78,6 +78,37 @@ def format_result(result: Mapping, format_spec: str = ".4f") -> str:
         else:
             flat.append(f"{key}: {_format_value(value, format_spec)}")
     lines = (["\t".join(flat)] if flat else []) + nested
+    return "\n".join(lines)
+
+
+def format_results_table(
+    results: Mapping, columns: Sequence[str], best_index: Any = None, format_spec: str = ".4f"
+) -> str:
+    """A text table of `results` (`{index: {split: {metric: value}}}`), one row per index.
+
+    Args:
+        results: Results by epoch (or any index).
+        columns: `"split.metric"` names of the values to show, in order.
+        best_index: Index of the row to mark as the best.
+        format_spec: Format of the values.
+
+    Examples:
+        >>> results = {0: {"val": {"loss": 0.5, "acc": 0.75}}, 1: {"val": {"loss": 0.25, "acc": 0.875}}}
+        >>> print(format_results_table(results, ["val.loss", "val.acc"], best_index=1))
+        epoch  val.loss  val.acc
+            0    0.5000   0.7500
+            1    0.2500   0.8750  <- best
+    """
+    widths = [max(len(column), len(format(0.0, format_spec))) for column in columns]
+    lines = ["epoch  " + "  ".join(f"{column:>{width}}" for column, width in zip(columns, widths))]
+    for index, result in results.items():
+        cells = []
+        for column, width in zip(columns, widths):
+            split, _, metric = column.partition(".")
+            value = result.get(split, {}).get(metric) if isinstance(result.get(split), Mapping) else None
+            cells.append(f"{_format_value(value, format_spec):>{width}}" if value is not None else " " * width)
+        marker = "  <- best" if index == best_index else ""
+        lines.append(f"{index!s:>5}  " + "  ".join(cells) + marker)
     return "\n".join(lines)
 
 
@@ -235,6 +266,26 @@ class Results:
         """Print the latest and the best result."""
         print(f"latest result: {self.latest_result}")
         print(f"best result: {self.best_result}")
+
+    def results_table(self, columns: Sequence[str] | None = None, format_spec: str = ".4f") -> str:
+        """`results` as a text table, one row per epoch, the best one marked.
+
+        Args:
+            columns: `"split.metric"` names to show; by default every metric of every split in the latest result.
+            format_spec: Format of the values.
+        """
+        if not self.results:
+            return ""
+        if columns is None:
+            latest = self.results[next(reversed(self.results))]
+            columns = [
+                f"{split}.{metric}"
+                for split, metrics in latest.items()
+                if isinstance(metrics, Mapping)
+                for metric, value in metrics.items()
+                if not isinstance(value, (Mapping, list, tuple))
+            ]
+        return format_results_table(self.results, columns, self.best_index, format_spec)
 
     def format_result(self, result: Mapping, format_spec: str = ".4f") -> str:
         """Format a result for a log line; see [`format_result`][danling.runner.results.format_result]."""

@@ -339,3 +339,14 @@ def test_print_follows_the_newest_runner_still_alive(tmp_path, capsys):
             assert "after the newer runner is gone" in fp.read()
     finally:
         restore_print()
+
+
+def test_results_table_shows_every_metric_and_marks_the_best(tmp_path):
+    runner = make_runner(tmp_path, score_name="accuracy")
+    runner.append_result(SPEC_RESULT, index=0)
+    runner.append_result({split: {"loss": 1.0, "accuracy": 0.95} for split in SPEC_RESULT}, index=1)
+    header, first, second = runner.results_table().splitlines()
+    assert header.split() == ["epoch", *(f"{s}.{m}" for s in SPEC_RESULT for m in ("loss", "accuracy"))]
+    assert first.split()[:3] == ["0", "0.1000", "0.9000"]
+    assert second.endswith("<- best")
+    assert not first.endswith("<- best")
