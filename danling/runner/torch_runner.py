@@ -73,6 +73,7 @@ class TorchRunner(BaseRunner):
     _epoch_iteration: int | None = None
     _epoch_length: int | None = None
     _preemption: PreemptionWatcher | None = None
+    _agreed_signal: int | None = None
     # The epoch's result so far, and where inside the epoch a checkpoint being written was taken.
     _epoch_result: NestedDict | None = None
     _position: dict[str, Any] | None = None
@@ -314,7 +315,7 @@ class TorchRunner(BaseRunner):
             raise ValueError(f"train needs {', '.join(unset)}: assign self.{unset[0]} in your runner's __init__")
         patience = self.config.get("patience")
         with PreemptionWatcher() as watcher:
-            self._preemption = watcher
+            self._preemption, self._agreed_signal = watcher, None
             try:
                 for epoch in range(self.config.epoch_begin, self.config.epoch_end):
                     self.config.epochs = epoch
@@ -386,8 +387,11 @@ class TorchRunner(BaseRunner):
                 self._epoch_iteration = iteration
                 steps = self.config.steps
                 self.train_step(batch)
-                if log_interval and (iteration % log_interval == 0 or iteration == length - 1):
-                    self.step_log(split, iteration, length - 1)
+                if iteration == length - 1 or (log_interval and iteration % log_interval == 0):
+                    if log_interval:
+                        self.step_log(split, iteration, length - 1)
+                    if self.distributed:
+                        self._agree_on_preemption()
                 if self.config.steps != steps:
                     self._after_optimizer_step(split, iteration + 1)
                 if self._reached_end():
@@ -432,21 +436,27 @@ class TorchRunner(BaseRunner):
             raise preempted
 
     def _agreed_preemption_signal(self) -> int | None:
-        """The preemption signal every process has agreed to act on at this step, if any.
+        """The preemption signal to act on at this optimizer step, if any.
 
-        One process checks its flag at every optimizer step. Several agree through a collective, held at the
-        same steps on all of them (every `log_interval // accum_steps` steps) to keep it off the hot path.
+        One process acts on its own flag at the next optimizer step. Several act on the signal they last agreed
+        on (see `_agree_on_preemption`), which every process reaches at the same step.
         """
         watcher = self._preemption
         if watcher is None:
             return None
-        if not self.distributed:
-            return watcher.received
-        every = max(1, (self.config.log_interval or 1) // self.config.accum_steps)
-        if self.config.steps % every:
-            return None
+        return self._agreed_signal if self.distributed else watcher.received
+
+    def _agree_on_preemption(self) -> None:
+        """Let every process learn whether any of them received a preemption signal.
+
+        A collective, so it is held only where the training loop already synchronises: on logging iterations and
+        at the epoch's last one, the same iterations on every process.
+        """
+        watcher = self._preemption
+        if watcher is None or self._agreed_signal is not None:
+            return
         agreed = int(du.all_reduce_max(torch.tensor([watcher.received or 0])).item())
-        return agreed or None
+        self._agreed_signal = agreed or None
 
     def train_step(self, batch: Any) -> torch.Tensor:
         """Forward, loss and [`advance`][danling.TorchRunner.advance] on one micro-batch; returns the loss."""
@@ -737,7 +747,8 @@ class TorchRunner(BaseRunner):
 def to_device(data: Any, device: torch.device) -> Any:
     """Move tensors in `data` (nested in mappings, lists and tuples) to `device`."""
     if isinstance(data, torch.Tensor):
-        return data.to(device, non_blocking=True)
+        # Comparing devices is cheaper than a no-op `.to()`, and this runs on every batch.
+        return data if data.device == device else data.to(device, non_blocking=True)
     if isinstance(data, Mapping):
         return {key: to_device(value, device) for key, value in data.items()}
     if isinstance(data, (list, tuple)):

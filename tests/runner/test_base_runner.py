@@ -300,16 +300,17 @@ def test_print_with_log_reaches_stdout_and_the_log_file(tmp_path, capsys):
 
 
 def test_print_replacement_is_installed_once_and_undoable(tmp_path):
+    restore_print()  # start from the interpreter's own print, whatever earlier tests left
     original = builtins.print
     try:
         make_runner(tmp_path / "a")
         installed = builtins.print
         make_runner(tmp_path / "b")
         assert isinstance(installed, RankPrint) and builtins.print is installed
-        assert installed.original is original or isinstance(original, RankPrint)
+        assert installed.original is original
     finally:
         restore_print()
-    assert not isinstance(builtins.print, RankPrint)
+    assert builtins.print is original
 
 
 def test_print_to_an_explicit_file_is_not_swallowed(tmp_path, capsys):

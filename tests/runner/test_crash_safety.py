@@ -60,6 +60,7 @@ def test_sigterm_saves_latest_exits_143_and_resume_matches_an_uninterrupted_run(
 def test_sigkill_during_saves_never_leaves_a_bad_latest(tmp_path):
     rng = random.Random(0)
     root = str(tmp_path)
+    newest_step = 0
     for _ in range(3):
         process = spawn("save_forever.py", root)
         read_until(process, "checkpoints ")
@@ -73,11 +74,13 @@ def test_sigkill_during_saves_never_leaves_a_bad_latest(tmp_path):
         for path in latests:
             state = dl.load(path)
             assert torch.all(state["model"]["bias"] == state["runner"]["steps"])
+            newest_step = max(newest_step, state["runner"]["steps"])
+    # resume=True finds an intact latest, so a relaunch continues after the newest step saved before the kills.
     process = spawn("save_forever.py", root)
-    resumed_from = read_until(process, "checkpoints ")
+    first_saved = int(read_until(process, "saved ").split()[1])
     process.kill()
     process.wait(timeout=30)
-    assert resumed_from
+    assert first_saved == newest_step + 1
 
 
 def test_two_process_resume_matches_an_uninterrupted_two_process_run(tmp_path, distributed_runner):
@@ -86,3 +89,14 @@ def test_two_process_resume_matches_an_uninterrupted_two_process_run(tmp_path, d
         straight = torch.load(tmp_path / f"rank{rank}-straight.pt", weights_only=True)
         resumed = torch.load(tmp_path / f"rank{rank}-resumed.pt", weights_only=True)
         assert_bitwise_equal(resumed, straight, f"rank{rank}")
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path, distributed_runner):
+    import json
+
+    distributed_runner(Path(__file__).parent / "dist_scripts" / "preempt_two_processes.py", str(tmp_path))
+    rank0, rank1 = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    assert rank0["exit_code"] == rank1["exit_code"] == 128 + signal.SIGTERM
+    assert rank0["steps"] == rank1["steps"] == 5  # the signal came after micro-batch 5 on rank 1 alone
+    saved = dl.load(rank0["latest"])
+    assert saved["runner"]["steps"] == 5 and "position" in saved

@@ -15,14 +15,8 @@ SCRIPT = Path(__file__).parent / "dist_scripts" / "train_two_processes.py"
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, distributed_runner):
     output = tmp_path_factory.mktemp("dist")
-    distributed_runner(SCRIPT, str(output), str(output / "experiments"), *(["--metrics"] if has_metrics() else []))
+    distributed_runner(SCRIPT, str(output), str(output / "experiments"))
     return [json.loads((output / f"rank{rank}.json").read_text()) for rank in (0, 1)], output
-
-
-def has_metrics() -> bool:
-    import danling
-
-    return hasattr(danling.metrics, "multiclass_metrics")
 
 
 def test_parameters_are_identical_on_both_ranks_after_training(two_ranks):
@@ -59,7 +53,7 @@ def test_only_rank_zero_writes_files(two_ranks):
 
 def test_evaluation_counts_every_sample_once(two_ranks, tmp_path):
     (rank0, rank1), _ = two_ranks
-    config = make_config(tmp_path, seed=rank0["seed"], samples=96, val_samples=101, with_metrics=has_metrics())
+    config = make_config(tmp_path, seed=rank0["seed"], samples=96, val_samples=101, with_metrics=True)
     single = ClassificationRunner(config)
     expected = single.evaluate(["val"])["val"].dict()
     assert rank0["initial_eval"].keys() == expected.keys()

@@ -90,11 +90,15 @@ def test_load_checkpoint_resumes_best_tracking_and_patience(tmp_path):
     assert resumed.scores.dict() == first.scores.dict()
 
 
-def test_truncated_checkpoint_names_the_file(tmp_path):
-    runner = ResumableRunner(make_config(tmp_path, **SETTINGS))
+def one_epoch_latest(root) -> tuple[ResumableRunner, str]:
+    runner = ResumableRunner(make_config(root, **SETTINGS))
     runner.config.epoch_end = 1
     runner.train()
-    latest = os.path.join(runner.checkpoint_dir, "latest.pth")
+    return runner, os.path.join(runner.checkpoint_dir, "latest.pth")
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path):
+    runner, latest = one_epoch_latest(tmp_path)
     with open(latest, "r+b") as fp:
         fp.truncate(os.path.getsize(latest) // 2)
     with pytest.raises(CorruptFileError, match="latest.pth"):
@@ -102,10 +106,7 @@ def test_truncated_checkpoint_names_the_file(tmp_path):
 
 
 def test_corrupted_checkpoint_is_detected_by_its_checksum(tmp_path):
-    runner = ResumableRunner(make_config(tmp_path, **SETTINGS))
-    runner.config.epoch_end = 1
-    runner.train()
-    latest = os.path.join(runner.checkpoint_dir, "latest.pth")
+    _, latest = one_epoch_latest(tmp_path)
     with open(latest, "r+b") as fp:
         fp.seek(os.path.getsize(latest) // 2)
         byte = fp.read(1)

@@ -30,10 +30,9 @@ def audit(event: str, args: tuple) -> None:
 
 sys.addaudithook(audit)
 
-with_metrics = "--metrics" in sys.argv
 # No seed: rank 0 draws one and every rank must receive it.
 config = make_config(
-    project_root, seed=None, epoch_end=2, log_interval=3, with_metrics=with_metrics, samples=96, val_samples=101
+    project_root, seed=None, epoch_end=2, log_interval=3, with_metrics=True, samples=96, val_samples=101
 )
 runner = ClassificationRunner(config)
 rank = runner.rank
