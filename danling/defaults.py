@@ -21,6 +21,7 @@ IGNORED_NAMES_IN_HASH = frozenset(
         "step_begin",
         "epoch_begin",
         "run_id",
+        "seed_drawn",
         "timestamp",
         "checkpoint",
         "resume",

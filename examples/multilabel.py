@@ -114,6 +114,9 @@ class MultiLabelRunner(dl.Runner):
             total_steps=self.total_steps,
             warmup_steps=self.config.warmup_fraction,
             strategy="cosine",
+            # Linear from the initial to the final lr: the default for a final_lr_ratio, "percentile", falls
+            # geometrically and leaves too few steps at a useful lr for a run this short.
+            method="numerical",
         )
         self.metrics = dl.metrics.multilabel_metrics(num_labels=len(LABELS), threshold=self.config.threshold)
 

@@ -109,6 +109,9 @@ class DiabetesRunner(dl.Runner):
             total_steps=self.total_steps,
             warmup_steps=self.config.warmup_fraction,
             strategy="cosine",
+            # Linear from the initial to the final lr: the default for a final_lr_ratio, "percentile", falls
+            # geometrically and leaves too few steps at a useful lr for a run this short.
+            method="numerical",
         )
         # pearson, spearman, r2 and rmse
         self.metrics = dl.metrics.regression_metrics(num_outputs=1)

@@ -4,13 +4,17 @@ A meter keeps the last value, a sample-weighted running sum and the sample count
 waits for an accelerator: a tensor is kept as a detached tensor and converted to a Python float only when a value
 is read. The reads `val`, `avg`, `sum` and `value()` are local to this process; `batch()` and `average()` combine
 every process through [`danling.utils.distributed`][danling.utils.distributed] and are collective (call them on
-every process, in the same order).
+every process, in the same order); `bat` is `batch()`.
+
+A multi-task collection built with `return_average=True` adds an `"average"` entry to its value reads: for each metric
+name, the mean over the tasks that report it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from math import nan
+from numbers import Real
 from typing import Any
 
 import torch
@@ -18,6 +22,7 @@ from chanfig import DefaultDict, FlatDict, NestedDict
 from torch import Tensor
 
 from ..utils.distributed import all_gather_object, all_reduce_sum, is_distributed
+from .multitask import AVERAGE, average_over_tasks
 
 __all__ = [
     "AverageMeter",
@@ -60,11 +65,11 @@ class BaseMeter:
             n: Number of samples `value` is the mean of.
 
         Raises:
-            ValueError: If `value` is a tensor with more than one element.
+            TypeError: If `value` is neither a number nor a tensor, or `n` is not a number.
+            ValueError: If `value` is a tensor with more than one element, or `n` is negative.
         """
+        _check_update(value, n)
         if isinstance(value, Tensor):
-            if value.numel() != 1:
-                raise ValueError(f"a meter takes one value per update, got a tensor of shape {tuple(value.shape)}")
             value = value.detach()
             total = self._sum
             if isinstance(total, Tensor):
@@ -101,6 +106,11 @@ class BaseMeter:
         """The last value, averaged over every process; collective."""
         return synchronise_meters([self])[0][0]
 
+    @property
+    def bat(self) -> float:
+        """The last value, averaged over every process (same as `batch()`); collective."""
+        return self.batch()
+
     def average(self) -> float:
         """Sample-weighted mean over every process: the sum of sums over the sum of counts; collective."""
         return synchronise_meters([self])[1][0]
@@ -131,8 +141,11 @@ class AverageMeter(BaseMeter):
         (0.5, 0.575, 8)
         >>> f"{meter:.4f}"
         '0.5000 (0.5750)'
-        >>> meter.value(), meter.average()
-        (0.5, 0.575)
+        >>> meter.value(), meter.bat, meter.average()
+        (0.5, 0.5, 0.575)
+        >>> meter.update("0.3")
+        Traceback (most recent call last):
+        TypeError: a meter takes a number or a one-element tensor, got str '0.3'
         >>> meter.reset()
         >>> meter.avg
         nan
@@ -146,8 +159,54 @@ class AverageMeter(BaseMeter):
         Args:
             value: A number or a one-element tensor.
             n: Number of samples `value` is the mean of.
+
+        Raises:
+            TypeError: If `value` is neither a number nor a tensor, or `n` is not a number.
+            ValueError: If `value` is a tensor with more than one element, or `n` is negative.
         """
         self.accumulate(value, n)
+
+
+def _check_update(value: Any, n: Any) -> None:
+    """Raise if `value` and `n` are not a meter's input: a number or a one-element tensor, and a count `>= 0`.
+
+    Reads nothing from a tensor but its shape, so it never waits for the device.
+
+    Raises:
+        TypeError: If `value` is neither a number nor a tensor, or `n` is not a number.
+        ValueError: If `value` is a tensor with more than one element, or `n` is negative.
+    """
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"a meter takes one value per update, got a tensor of shape {tuple(value.shape)}")
+    elif not isinstance(value, Real):
+        raise TypeError(f"a meter takes a number or a one-element tensor, got {type(value).__name__} {value!r}")
+    if not isinstance(n, Real):
+        raise TypeError(f"n must be a number of samples, got {type(n).__name__} {n!r}")
+    if n < 0:
+        raise ValueError(f"n must be a number of samples >= 0, got {n!r}")
+
+
+def _entries(mapping: Iterable[tuple[str, Any]]) -> list[tuple[str, Any, Any]]:
+    """`(name, value, n)` for each entry of an `update`, all checked before any meter changes.
+
+    An entry is a value (one sample) or a pair `(value, n)`; errors name the entry's key.
+    """
+    entries = []
+    for name, entry in mapping:
+        if isinstance(entry, tuple):
+            if len(entry) != 2:
+                raise TypeError(f"meter {name!r} takes a value or a pair (value, n), got a tuple of {len(entry)}")
+            value, n = entry
+        else:
+            value, n = entry, 1
+        try:
+            _check_update(value, n)
+        except (TypeError, ValueError) as error:
+            # Re-raised with the key, which the meter does not know.
+            raise type(error)(f"meter {name!r}: {error}") from None
+        entries.append((name, value, n))
+    return entries
 
 
 def synchronise_meters(meters: Sequence[BaseMeter | None]) -> tuple[list[float], list[float]]:
@@ -197,13 +256,20 @@ def _iter_meters(mapping: Mapping, prefix: str = "") -> Iterator[tuple[str, Base
 
 
 class _MeterReads:
-    """Reads shared by flat and nested collections of meters; `_result` builds the mapping they return."""
+    """Reads shared by flat and nested collections of meters; `_result` builds the mapping they return.
+
+    The value reads (`val`, `bat`, `avg`, `value()`, `batch()`, `average()`) go through `_read`, where a multi-task
+    collection adds its mean over tasks.
+    """
 
     def _meters(self) -> list[tuple[str, BaseMeter]]:
         return list(_iter_meters(self))  # type: ignore[arg-type]
 
     def _result(self, items: Mapping[str, Any]) -> Any:
         raise NotImplementedError
+
+    def _read(self, items: Mapping[str, float]) -> Any:
+        return self._result(items)
 
     @property
     def sum(self) -> Any:
@@ -218,12 +284,17 @@ class _MeterReads:
     @property
     def val(self) -> Any:
         """Each meter's last value."""
-        return self._result({key: meter.val for key, meter in self._meters()})
+        return self._read({key: meter.val for key, meter in self._meters()})
+
+    @property
+    def bat(self) -> Any:
+        """Each meter's last value, averaged over every process (same as `batch()`); collective."""
+        return self.batch()
 
     @property
     def avg(self) -> Any:
         """Each meter's local average."""
-        return self._result({key: meter.avg for key, meter in self._meters()})
+        return self._read({key: meter.avg for key, meter in self._meters()})
 
     def value(self) -> Any:
         """Each meter's last value on this process."""
@@ -231,11 +302,11 @@ class _MeterReads:
 
     def batch(self) -> Any:
         """Each meter's last value, averaged over every process; collective."""
-        return self._result(self._synchronise(0))
+        return self._read(self._synchronise(0))
 
     def average(self) -> Any:
         """Each meter's sample-weighted mean over every process; collective."""
-        return self._result(self._synchronise(1))
+        return self._read(self._synchronise(1))
 
     def _synchronise(self, which: int) -> dict[str, float]:
         local = dict(self._meters())
@@ -269,7 +340,27 @@ class _MeterReads:
 
 
 class BaseMeters(_MeterReads, DefaultDict):
-    """A flat dict of meters whose reads (`val`, `avg`, `value()`, `average()`, ...) return `FlatDict`s."""
+    """A flat dict of meters whose reads (`val`, `avg`, `value()`, `average()`, ...) return `FlatDict`s.
+
+    Every member must be a `meter_type` (a class attribute, `BaseMeter` here): anything else is rejected when set.
+    """
+
+    # Not annotated: chanfig would copy an annotated class attribute into the dict as an entry.
+    meter_type = BaseMeter
+
+    def set(self, name: Any, value: Any) -> None:
+        """Set the meter `name` to `value`.
+
+        Raises:
+            TypeError: If `value` is not a `meter_type`.
+        """
+        meter_type = type(self).meter_type
+        if not isinstance(value, meter_type):
+            raise TypeError(
+                f"{type(self).__name__} holds {meter_type.__name__}s, got {type(value).__name__} {value!r} "
+                f"for {name!r}; use update() to record a value"
+            )
+        super().set(name, value)
 
     def _result(self, items: Mapping[str, Any]) -> FlatDict:
         return FlatDict(items)
@@ -277,6 +368,13 @@ class BaseMeters(_MeterReads, DefaultDict):
 
 class AverageMeters(BaseMeters):
     """A dict of [`AverageMeter`][danling.metrics.AverageMeter]s, each created on first use.
+
+    Args:
+        *args: Mappings from names to `AverageMeter`s.
+        **kwargs: Names to `AverageMeter`s.
+
+    Raises:
+        TypeError: If a member is not an `AverageMeter`.
 
     Examples:
         >>> meters = AverageMeters()
@@ -288,7 +386,15 @@ class AverageMeters(BaseMeters):
         'loss: 0.2500 (0.3750)\\tacc: 0.9000 (0.9000)'
         >>> meters.average().dict(), meters.count.dict()
         ({'loss': 0.375, 'acc': 0.9}, {'loss': 2, 'acc': 4})
+        >>> meters.update(loss="high")
+        Traceback (most recent call last):
+        TypeError: meter 'loss': a meter takes a number or a one-element tensor, got str 'high'
+        >>> AverageMeters(loss=0.5)
+        Traceback (most recent call last):
+        TypeError: AverageMeters holds AverageMeters, got float 0.5 for 'loss'; use update() to record a value
     """
+
+    meter_type = AverageMeter
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(AverageMeter, *args, **kwargs)
@@ -299,34 +405,72 @@ class AverageMeters(BaseMeters):
     def update(self, *args: Mapping[str, Any], **values: Any) -> None:  # type: ignore[override]
         """Update the meters named by the keys, creating those that do not exist.
 
+        Every value is checked first: when one is rejected, no meter has changed.
+
         Args:
             *args: Mappings from names to values.
             **values: Names to values. A value is a number or a one-element tensor (one sample), or a pair
                 `(value, n)` where `value` is the mean of `n` samples.
+
+        Raises:
+            TypeError: If a value is not a number, a one-element tensor or such a pair; the message names its key.
+            ValueError: If a tensor has more than one element or `n` is negative; the message names its key.
         """
         for mapping in (*args, values):
-            for name, value in mapping.items():
+            for name, value, n in _entries(mapping.items()):
                 meter = dict.get(self, name)
                 if meter is None:
                     meter = self[name]
-                if isinstance(value, tuple):
-                    meter.update(*value)
-                else:
-                    meter.update(value)
+                meter.update(value, n)
 
 
 class BaseMultiTaskMeters(_MeterReads, NestedDict):
     """A nested dict of meters, keyed by task, whose reads return `NestedDict`s.
 
     Keys are dotted paths: `meters["task1.loss"]` is `meters["task1"]["loss"]`.
+
+    Args:
+        *args: Passed to `NestedDict`.
+        return_average: Add an `"average"` entry to the value reads (`val`, `bat`, `avg`, `value()`, `batch()`,
+            `average()`): for each metric name (the last part of a dotted key), the mean over the tasks that report
+            it; a meter outside any task, and a `nan` value, are left out of the mean.
+        **kwargs: Passed to `NestedDict`.
     """
+
+    def __init__(self, *args: Any, return_average: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # An attribute, not an entry; chanfig gives it to the sub-collections it creates too, where it adds a mean
+        # over their own tasks, if they have any.
+        self.setattr("return_average", return_average)
 
     def _result(self, items: Mapping[str, Any]) -> NestedDict:
         return NestedDict(items)
 
+    def _read(self, items: Mapping[str, float]) -> NestedDict:
+        if not self.getattr("return_average", False):
+            return self._result(items)
+        average = average_over_tasks(items)
+        if not average:
+            return self._result(items)
+        if any(key == AVERAGE or key.startswith(f"{AVERAGE}.") for key in items):
+            raise ValueError(
+                f"a task is named {AVERAGE!r}, the name return_average=True gives the mean over tasks; rename the "
+                "task or build the collection with return_average=False"
+            )
+        return self._result({**items, **{f"{AVERAGE}.{name}": value for name, value in average.items()}})
+
 
 class MultiTaskAverageMeters(BaseMultiTaskMeters):
     """[`AverageMeter`][danling.metrics.AverageMeter]s nested by task, each created on first use.
+
+    Args:
+        *args: Mappings from (dotted) names, or task names to nested mappings, to `AverageMeter`s.
+        return_average: Add an `"average"` entry to the value reads: for each metric name, the mean over the tasks
+            that report it.
+        **kwargs: Names to `AverageMeter`s.
+
+    Raises:
+        TypeError: If a member is neither an `AverageMeter` nor a mapping of them.
 
     Examples:
         >>> meters = MultiTaskAverageMeters()
@@ -338,10 +482,28 @@ class MultiTaskAverageMeters(BaseMultiTaskMeters):
         'task1.loss: 0.50 (0.44)\\ttask2.loss: 0.75 (0.75)'
         >>> meters["task1"].avg.dict()
         {'loss': 0.4375}
+
+        With `return_average=True`, the reads add the mean over tasks:
+
+        >>> meters = MultiTaskAverageMeters(return_average=True)
+        >>> meters.update({"task1": {"loss": 0.25, "acc": 0.5}, "task2": {"loss": 0.75}})
+        >>> meters.value().dict()
+        {'task1': {'loss': 0.25, 'acc': 0.5}, 'task2': {'loss': 0.75}, 'average': {'loss': 0.5, 'acc': 0.5}}
     """
+
+    def __init__(self, *args: Any, return_average: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, return_average=return_average, **kwargs)
+        for name, member in _flatten(self):
+            if not isinstance(member, AverageMeter):
+                raise TypeError(
+                    f"{type(self).__name__} holds AverageMeters, got {type(member).__name__} {member!r} for {name!r}; "
+                    "use update() to record a value"
+                )
 
     def update(self, *args: Mapping[str, Any], **values: Any) -> None:  # type: ignore[override]
         """Update the meters named by dotted keys or nested mappings, creating those that do not exist.
+
+        Every value is checked first: when one is rejected, no meter has changed.
 
         Args:
             *args: Mappings from (dotted) names, or task names to nested mappings, to values.
@@ -349,15 +511,13 @@ class MultiTaskAverageMeters(BaseMultiTaskMeters):
                 `(value, n)` where `value` is the mean of `n` samples.
 
         Raises:
-            TypeError: If a key names a task rather than a meter.
+            TypeError: If a key names a task rather than a meter, or a value is not a number, a one-element tensor
+                or such a pair; the message names the key.
+            ValueError: If a tensor has more than one element or `n` is negative; the message names its key.
         """
         for mapping in (*args, values):
-            for name, value in _flatten(mapping):
-                meter = self._meter(name)
-                if isinstance(value, tuple):
-                    meter.update(*value)
-                else:
-                    meter.update(value)
+            for name, value, n in _entries(_flatten(mapping)):
+                self._meter(name).update(value, n)
 
     def _meter(self, key: str) -> AverageMeter:
         meter = NestedDict.get(self, key, None)

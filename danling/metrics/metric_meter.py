@@ -114,6 +114,8 @@ class MultiTaskMetricMeters(BaseMultiTaskMeters):
 
     Args:
         *args: Mappings from (dotted) task names to `MetricMeters`.
+        return_average: Add an `"average"` entry to the value reads (`val`, `bat`, `avg`, `value()`, `batch()`,
+            `average()`): for each metric name, the mean over the tasks that report it.
         **tasks: Task names to `MetricMeters`.
 
     Examples:
@@ -131,9 +133,11 @@ class MultiTaskMetricMeters(BaseMultiTaskMeters):
         {'spam': {'acc': 0.5}, 'price': {'rmse': 0.0}}
     """
 
-    def __init__(self, *args: Mapping[str, MetricMeters], **tasks: MetricMeters) -> None:
+    def __init__(self, *args: Mapping[str, MetricMeters], return_average: bool = False, **tasks: MetricMeters) -> None:
         super().__init__()
         add_tasks(self, dict(*args, **tasks))
+        # Set after the tasks, so that the containers chanfig creates for dotted task names do not inherit it.
+        self.setattr("return_average", return_average)
 
     def update(self, input: Mapping[str, Any], target: Mapping[str, Any]) -> None:  # type: ignore[override]
         """Update every task whose name is in both `input` and `target`; other tasks are left as they are.

@@ -1,8 +1,10 @@
 """Metrics over every prediction seen: predictions and targets are stored, and metrics computed on demand.
 
-`update` only keeps references to detached tensors, so it is cheap and never waits for the device. `value()`
-computes the metrics on the last batch and `average()` on everything since `reset()`; across processes both gather
-the predictions of every process first, so the numbers equal those of one process holding all the data.
+`update` only keeps references to detached tensors, so it is cheap and never waits for the device. `value()` (or
+`val`) computes the metrics on the last batch and `average()` (or `avg`) on everything since `reset()`; across
+processes both gather the predictions of every process first, so the numbers equal those of one process holding all
+the data. `input` and `target` are this process's last batch, `inputs` and `targets` everything it stored: what to
+read to save predictions.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from chanfig import FlatDict, NestedDict
 from torch import Tensor
 
 from ..utils.distributed import all_gather_object, gather_tensor, is_distributed
-from .multitask import MISSING, add_tasks, iter_tasks, lookup
+from .multitask import AVERAGE, MISSING, add_tasks, average_over_tasks, iter_tasks, lookup
 from .preprocess import Preprocess
 
 __all__ = ["Metrics", "MultiTaskMetrics"]
@@ -49,9 +51,13 @@ class Metrics:
         {'auroc': nan, 'acc': 0.5}
         >>> {name: round(value, 4) for name, value in metrics.average().items()}
         {'auroc': 0.6667, 'acc': 0.6}
+        >>> metrics.val["acc"], round(metrics.avg["auroc"], 4)
+        (0.5, 0.6667)
         >>> f"{metrics:.4f}"
         'auroc: nan (0.6667)\\tacc: 0.5000 (0.6000)'
         >>> metrics.input, metrics.target
+        (tensor([0.7000, 0.1000]), tensor([1, 1]))
+        >>> metrics.inputs, metrics.targets
         (tensor([0.2000, 0.9000, 0.6000, 0.7000, 0.1000]), tensor([0, 1, 0, 1, 1]))
     """
 
@@ -82,12 +88,25 @@ class Metrics:
 
     @property
     def input(self) -> Tensor | None:
-        """Every prediction stored on this process, concatenated (`None` before the first update)."""
-        return self._stored()[0]
+        """The predictions of this process's last batch, as given to `update`, detached (`None` before the first)."""
+        return None if self._last is None else self._last[0]
 
     @property
     def target(self) -> Tensor | None:
-        """Every target stored on this process, concatenated (`None` before the first update)."""
+        """The targets of this process's last batch, as given to `update`, detached (`None` before the first)."""
+        return None if self._last is None else self._last[1]
+
+    @property
+    def inputs(self) -> Tensor | None:
+        """Every prediction this process stored since the last reset, concatenated (`None` before the first update).
+
+        The batches are concatenated on the device of the newest one, once: later reads reuse the result.
+        """
+        return self._stored()[0]
+
+    @property
+    def targets(self) -> Tensor | None:
+        """Every target this process stored since the last reset, concatenated (`None` before the first update)."""
         return self._stored()[1]
 
     def compute(self, input: Tensor | None, target: Tensor | None) -> FlatDict:
@@ -120,6 +139,16 @@ class Metrics:
     def average(self) -> FlatDict:
         """The metrics on every batch of every process since the last reset; collective."""
         return self.compute(*_gather(*self._stored()))
+
+    @property
+    def val(self) -> FlatDict:
+        """The metrics on the last batch of every process (same as `value()`); collective."""
+        return self.value()
+
+    @property
+    def avg(self) -> FlatDict:
+        """The metrics on every batch of every process since the last reset (same as `average()`); collective."""
+        return self.average()
 
     def state_dict(self) -> dict[str, Tensor | None]:
         """The stored predictions and targets of this process, and its last batch, on the CPU."""
@@ -172,7 +201,12 @@ class MultiTaskMetrics(NestedDict):
 
     Args:
         *args: Mappings from task names to `Metrics`.
+        return_average: Add an `"average"` entry to `value()` and `average()`: for each metric name, the mean over
+            the tasks that report it (a `nan`, from a task with no data, is left out of the mean).
         **tasks: Task names to `Metrics`.
+
+    Raises:
+        ValueError: If `return_average` is set and a task is named `"average"`.
 
     Examples:
         >>> from danling.metrics import binary_metrics, regression_metrics
@@ -184,11 +218,27 @@ class MultiTaskMetrics(NestedDict):
         >>> result = metrics.average()
         >>> round(result["spam.auroc"], 4), round(result["price.pearson"], 4)
         (1.0, 0.9608)
+
+        With `return_average=True`, the mean over tasks of each metric comes too:
+
+        >>> from danling.metrics.functional import accuracy
+        >>> metrics = MultiTaskMetrics(a=Metrics(acc=accuracy), b=Metrics(acc=accuracy), return_average=True)
+        >>> metrics.update({"a": torch.tensor([0.9, 0.2]), "b": torch.tensor([0.7])}, {"a": [1, 1], "b": [1]})
+        >>> metrics.avg.dict()
+        {'a': {'acc': 0.5}, 'b': {'acc': 1.0}, 'average': {'acc': 0.75}}
     """
 
-    def __init__(self, *args: Mapping[str, Metrics], **tasks: Metrics) -> None:
+    def __init__(self, *args: Mapping[str, Metrics], return_average: bool = False, **tasks: Metrics) -> None:
         super().__init__()
-        add_tasks(self, dict(*args, **tasks))
+        tasks = dict(*args, **tasks)
+        if return_average and any(name == AVERAGE or name.startswith(f"{AVERAGE}.") for name in tasks):
+            raise ValueError(
+                f"a task is named {AVERAGE!r}, the name return_average=True gives the mean over tasks; rename the task "
+                "or set return_average=False"
+            )
+        add_tasks(self, tasks)
+        # Set after the tasks, so that the containers chanfig creates for dotted task names do not inherit it.
+        self.setattr("return_average", return_average)
 
     def update(self, input: Mapping[str, Any], target: Mapping[str, Any]) -> None:  # type: ignore[override]
         """Store one batch for every task whose name is in both `input` and `target`; other tasks are left alone.
@@ -225,14 +275,30 @@ class MultiTaskMetrics(NestedDict):
         """`{task: {metric: value}}` on every batch of every process since the last reset; collective."""
         return self._collect(Metrics.average)
 
+    @property
+    def val(self) -> NestedDict:
+        """`{task: {metric: value}}` on the last batch of every process (same as `value()`); collective."""
+        return self.value()
+
+    @property
+    def avg(self) -> NestedDict:
+        """`{task: {metric: value}}` on every batch since the last reset (same as `average()`); collective."""
+        return self.average()
+
     def _collect(self, read: Callable[[Metrics], FlatDict]) -> NestedDict:
-        return NestedDict(
-            {
-                f"{task}.{name}": value
-                for task, metrics in iter_tasks(self, Metrics)
-                for name, value in read(metrics).items()
-            }
-        )
+        items = {
+            f"{task}.{name}": value
+            for task, metrics in iter_tasks(self, Metrics)
+            for name, value in read(metrics).items()
+        }
+        if self.getattr("return_average", False):
+            if any(key.startswith(f"{AVERAGE}.") for key in items):
+                raise ValueError(
+                    f"a task is named {AVERAGE!r}, the name return_average=True gives the mean over tasks; rename "
+                    "the task or set return_average=False"
+                )
+            items.update({f"{AVERAGE}.{name}": value for name, value in average_over_tasks(items).items()})
+        return NestedDict(items)
 
     def __format__(self, format_spec: str) -> str:
         parts: list[str] = []

@@ -1,21 +1,23 @@
-"""A learning-rate scheduler with built-in warmup, a pluggable decay strategy, and cooldown.
+"""A learning-rate scheduler with built-in warmup, a decay strategy chosen by name, and cooldown.
 
-The schedule over `total_steps` optimizer steps has three phases:
+This is the scheduler of the documented DanLing, with its arguments, defaults and step counting.
 
-1. **warmup** (`[0, warmup_steps)`): the lr rises linearly from (about) zero to the param group's base lr.
-2. **decay** (`[warmup_steps, total_steps - cooldown_steps]`): the lr follows a decay strategy from the base lr
-   towards the final lr.
-   The strategy's curve is laid over `[warmup_steps, total_steps]` and cut short where the cooldown begins.
-3. **cooldown** (`[total_steps - cooldown_steps, total_steps]`): the lr falls linearly from wherever the decay left
-   it to the final lr.
+Counting. The k-th lr of a run is the one in force for the k-th optimizer step: `k = 1` right after construction,
+and one more after every `scheduler.step()`. Its progress is `p = min(k / total_steps, 1)`.
 
-Every lr is floored at `min_lr`, and steps past `total_steps` hold the lr of step `total_steps`.
+Decay. A strategy maps `p` to a factor `f(p)` that falls from 1 to 0 (see
+[`STRATEGIES`][danling.optim.lr_scheduler.STRATEGIES]); the scheduled lr goes from each param group's initial lr
+`lr` towards its final lr `final` by the ratio `r = 1 - f(p)`, in one of two ways (`method`):
 
-A strategy is a function from progress `p` in `[0, 1]` to a factor `f(p)`, with `f(0) == 1` and, for decaying
-strategies, `f(1) == 0`.
-The lr during decay is `base_lr * f(p) + final_lr * (1 - f(p))`.
-Strategies are looked up by name in [`STRATEGIES`][danling.optim.lr_scheduler.STRATEGIES]; add an entry there to
-make a new one available by name.
+- `"percentile"`: geometrically, `lr * (final / lr) ** r`, an equal factor per unit of progress;
+- `"numerical"`: linearly, `(1 - r) * (lr - final) + final`.
+
+Warmup and cooldown. While `k < warmup_steps` the lr rises linearly from `min_lr` to the scheduled lr, by the ratio
+`k / warmup_steps`; once `k > total_steps - cooldown_steps` it falls linearly from the scheduled lr to `min_lr`, by
+the ratio `1 - (k - (total_steps - cooldown_steps)) / cooldown_steps`. By default the first 5% of the run warms up
+and the last 20% cools down.
+
+Every lr is at least `min_lr`; past `total_steps` the lr stays where the schedule ended.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from collections.abc import Callable
 from torch.optim import Optimizer, lr_scheduler
 
 __all__ = [
+    "DEFAULT_COOLDOWN_DIVISOR",
     "DEFAULT_FINAL_LR_RATIO",
+    "DEFAULT_WARMUP_DIVISOR",
+    "METHODS",
     "STRATEGIES",
     "LRScheduler",
     "constant",
@@ -39,16 +44,36 @@ __all__ = [
 ]
 
 DEFAULT_FINAL_LR_RATIO = 1e-3
-"""`final_lr / base_lr` when neither `final_lr_ratio` nor `final_lr` is given."""
+"""`final_lr / initial lr` when neither `final_lr_ratio` nor `final_lr` is given."""
+
+DEFAULT_WARMUP_DIVISOR = 20
+"""`warmup_steps` defaults to `total_steps // DEFAULT_WARMUP_DIVISOR` (the first 5% of the run)."""
+
+DEFAULT_COOLDOWN_DIVISOR = 5
+"""`cooldown_steps` defaults to `total_steps // DEFAULT_COOLDOWN_DIVISOR` (the last 20% of the run)."""
+
+
+def _percentile(lr: float, final_lr: float, ratio: float) -> float:
+    # A group at lr 0 (frozen) has no scale to interpolate on; it stays at 0.
+    return lr * (final_lr / lr) ** ratio if lr > 0 else 0.0
+
+
+def _numerical(lr: float, final_lr: float, ratio: float) -> float:
+    return (1.0 - ratio) * (lr - final_lr) + final_lr
+
+
+METHODS: dict[str, Callable[[float, float, float], float]] = {"percentile": _percentile, "numerical": _numerical}
+"""How the scheduled lr moves from the initial lr to the final lr, by name: each maps `(lr, final_lr, ratio)`,
+with `ratio` in `[0, 1]`, to the lr; `"percentile"` is geometric and `"numerical"` linear."""
 
 
 def constant(progress: float) -> float:
-    """Hold the base lr: the factor is 1 everywhere.
+    """Hold the initial lr: the factor is 1 everywhere.
 
     Combine with `cooldown_steps` for a warmup-stable-decay schedule.
 
     Args:
-        progress: Fraction of the decay phase done, in `[0, 1]`.
+        progress: Fraction of the run done, in `[0, 1]`.
 
     Returns:
         Always `1.0`.
@@ -64,7 +89,7 @@ def linear(progress: float) -> float:
     """Decay linearly: `f(p) = 1 - p`.
 
     Args:
-        progress: Fraction of the decay phase done, in `[0, 1]`.
+        progress: Fraction of the run done, in `[0, 1]`.
 
     Returns:
         The factor in `[0, 1]`.
@@ -80,7 +105,7 @@ def cosine(progress: float) -> float:
     """Decay along half a cosine wave: `f(p) = (1 + cos(pi * p)) / 2`.
 
     Args:
-        progress: Fraction of the decay phase done, in `[0, 1]`.
+        progress: Fraction of the run done, in `[0, 1]`.
 
     Returns:
         The factor in `[0, 1]`.
@@ -99,7 +124,7 @@ def polynomial(progress: float, power: float = 2.0) -> float:
     Register `functools.partial(polynomial, power=...)` in `STRATEGIES` for another power.
 
     Args:
-        progress: Fraction of the decay phase done, in `[0, 1]`.
+        progress: Fraction of the run done, in `[0, 1]`.
         power: Exponent; larger powers drop faster early on.
 
     Returns:
@@ -120,7 +145,7 @@ def sqrt(progress: float) -> float:
     Drops steeply right after the start, then flattens.
 
     Args:
-        progress: Fraction of the decay phase done, in `[0, 1]`.
+        progress: Fraction of the run done, in `[0, 1]`.
 
     Returns:
         The factor in `[0, 1]`.
@@ -138,7 +163,7 @@ def log(progress: float) -> float:
     The argument of the logarithm runs from 1 to `e`, so the factor runs from 1 to 0; the drop is fastest at the start.
 
     Args:
-        progress: Fraction of the decay phase done, in `[0, 1]`.
+        progress: Fraction of the run done, in `[0, 1]`.
 
     Returns:
         The factor in `[0, 1]`.
@@ -154,11 +179,11 @@ def exponential(progress: float, rate: float = math.log(1000.0)) -> float:
     """Decay exponentially, rescaled to end at exactly 0: `f(p) = (exp(-rate * p) - exp(-rate)) / (1 - exp(-rate))`.
 
     A plain `exp(-rate * p)` never reaches 0, so it is shifted and stretched to hit the final lr at `p = 1`.
-    The default `rate = ln(1000)` makes the curve close to a geometric fall by three orders of magnitude,
-    matching the default `final_lr_ratio` of `1e-3`.
+    With `method="numerical"`, the default `rate = ln(1000)` makes the lr fall close to geometrically by three orders
+    of magnitude, matching the default `final_lr_ratio` of `1e-3`.
 
     Args:
-        progress: Fraction of the decay phase done, in `[0, 1]`.
+        progress: Fraction of the run done, in `[0, 1]`.
         rate: Steepness; must be positive.
 
     Returns:
@@ -185,71 +210,82 @@ STRATEGIES: dict[str, Callable[[float], float]] = {
 }
 """Decay strategies by name: each maps progress in `[0, 1]` to a factor, 1 at the start.
 
+[`LRScheduler`][danling.optim.LRScheduler] moves from the initial lr towards the final lr by the ratio
+`1 - factor`: 0 at the start and, for the decaying strategies, 1 at the end.
+
 Keys are lowercase; [`LRScheduler`][danling.optim.LRScheduler] lowercases the name it is given before looking it up.
 """
 
 
 class LRScheduler(lr_scheduler.LRScheduler):
-    """Warmup, then a decay strategy from each param group's base lr to its final lr, then cooldown.
+    """Warmup, then a decay strategy from each param group's initial lr to its final lr, then cooldown.
 
-    Call `step()` once after every `optimizer.step()`.
-    After `k` calls the optimizer's lrs are those of step `k`: step 0 (right after construction) is the start of
-    warmup and step `total_steps` is the end of the schedule.
-    Stepping further holds the lrs of step `total_steps`.
-
-    The lr is a closed-form function of the step count (see
-    [`compute_lr`][danling.optim.LRScheduler.compute_lr]), so restoring
-    `state_dict` into a scheduler built the same way resumes the
-    schedule exactly.
+    Call `step()` once after every `optimizer.step()`. The lr in force for the k-th optimizer step of the run is
+    the k-th lr of the formulas in [`danling.optim.lr_scheduler`][danling.optim.lr_scheduler]: the lr right after
+    construction is the first, and each `step()` moves to the next. The lr is a closed-form function of the number of
+    steps taken (see [`compute_lr`][danling.optim.LRScheduler.compute_lr]), so restoring `state_dict` into a
+    scheduler built the same way resumes the schedule exactly.
 
     Args:
         optimizer: The optimizer whose param groups are scheduled.
-            Each group's base lr is its `initial_lr` if set (by an earlier scheduler), else its `lr`.
+            Each group's initial lr is its `initial_lr` if set (by an earlier scheduler), else its `lr`.
         total_steps: Length of the schedule in optimizer steps; at least 1.
             A whole-valued float (`1e4`, as YAML reads it) is accepted.
-        final_lr_ratio: Final lr of each group as a fraction of its base lr, in `[0, 1]`.
+        final_lr_ratio: Final lr of each group as a fraction of its initial lr, in `[0, 1]`.
             Defaults to [`DEFAULT_FINAL_LR_RATIO`][danling.optim.lr_scheduler.DEFAULT_FINAL_LR_RATIO] when
             `final_lr` is not given either.
-        final_lr: Final lr shared by all groups, at least 0 and at most the smallest base lr.
+        final_lr: Final lr shared by all groups, at least 0 and at most the smallest initial lr.
             Mutually exclusive with `final_lr_ratio`.
-        min_lr: Floor on every lr, warmup included, so that no step runs at lr 0.
-            A group whose base lr is below `min_lr` (say, a frozen group at lr 0) is floored at its base lr instead.
+        min_lr: Floor on every lr, where warmup starts and where cooldown ends. When `final_lr` is given and lower,
+            `min_lr` is lowered to it, so that the schedule can reach it. A group whose initial lr is below
+            `min_lr` (say, a frozen group at lr 0) is floored at its initial lr instead.
         strategy: Name of the decay strategy, a key of
             [`STRATEGIES`][danling.optim.lr_scheduler.STRATEGIES] (case-insensitive).
-        warmup_steps: Length of the linear warmup: a float in `(0, 1)` is a fraction of `total_steps` (rounded to the
-            nearest step); a whole number (int, or whole-valued float such as `1.0`) is a count of steps.
-        cooldown_steps: Length of the linear cooldown at the end, read as `warmup_steps` is.
-        last_epoch: Index of the last step taken, `-1` for a fresh schedule (torch's convention).
+        warmup_steps: Length of the linear warmup: `None` for `total_steps // 20`, `0` for none, a float in
+            `(0, 1)` for a fraction of `total_steps` (rounded to the nearest step), or a whole number of steps
+            (an int, or a whole-valued float such as `1.0`).
+        cooldown_steps: Length of the linear cooldown at the end, read as `warmup_steps` is; `None` for
+            `total_steps // 5`.
+        last_epoch: Number of steps already taken minus one, `-1` for a fresh schedule (torch's convention).
+        method: How the lr moves from the initial to the final lr, a key of
+            [`METHODS`][danling.optim.lr_scheduler.METHODS]: `"percentile"` (geometric) or `"numerical"`
+            (linear). Defaults to `"percentile"` when the final lr is a ratio (given or by default) and to
+            `"numerical"` when `final_lr` is given.
 
     Raises:
         ValueError: If an argument is out of range; the message names the argument, its value and the valid range.
         TypeError: If a step count is not a number.
 
     Examples:
+        The defaults warm up over the first 5% of the run and cool down over the last 20%; a constant strategy
+        gives warmup-stable-decay:
+
         >>> import torch
         >>> optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
-        >>> scheduler = LRScheduler(
-        ...     optimizer, total_steps=10, warmup_steps=2, strategy="linear", final_lr_ratio=0.0, min_lr=0.0
-        ... )
-        >>> [scheduler.get_lr_at(step)[0] for step in range(12)]
-        [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0, 0.0]
-        >>> for _ in range(3):
-        ...     optimizer.step()
-        ...     scheduler.step()
-        >>> scheduler.get_last_lr()
-        [0.875]
+        >>> scheduler = LRScheduler(optimizer, total_steps=100, strategy="constant", min_lr=0.0)
+        >>> scheduler.warmup_steps, scheduler.cooldown_steps, scheduler.method
+        (5, 20, 'percentile')
+        >>> [round(scheduler.get_lr_at(step)[0], 4) for step in (0, 1, 2, 3, 4, 79, 80, 81, 98, 99)]
+        [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 0.95, 0.9, 0.05, 0.0]
 
-        Fractions of `total_steps` work for warmup and cooldown; a constant strategy with a cooldown gives
-        warmup-stable-decay:
+        `"percentile"` falls by an equal factor per step, here to `1e-4` of the initial lr in 4 steps:
 
         >>> optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
-        >>> scheduler = LRScheduler(
-        ...     optimizer, total_steps=10, warmup_steps=0.2, cooldown_steps=0.4, strategy="constant", final_lr=0.2
-        ... )
-        >>> scheduler.warmup_steps, scheduler.cooldown_steps
-        (2, 4)
-        >>> [round(scheduler.get_lr_at(step)[0], 3) for step in range(11)]
-        [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2]
+        >>> scheduler = LRScheduler(optimizer, total_steps=4, final_lr_ratio=1e-4, strategy="linear")
+        >>> lrs = []
+        >>> for _ in range(4):
+        ...     lrs.append(scheduler.get_last_lr()[0])
+        ...     optimizer.step()
+        ...     scheduler.step()
+        >>> [round(lr, 8) for lr in lrs]
+        [0.1, 0.01, 0.001, 0.0001]
+
+        `"numerical"`, the default with an absolute `final_lr`, falls by an equal amount per step:
+
+        >>> optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+        >>> scheduler = LRScheduler(optimizer, total_steps=4, final_lr=0.0, strategy="linear")
+        >>> scheduler.method, [scheduler.get_lr_at(step)[0] for step in range(4)]
+        ('numerical', [0.75, 0.5, 0.25, 0.0])
     """
 
     def __init__(
@@ -260,15 +296,22 @@ class LRScheduler(lr_scheduler.LRScheduler):
         final_lr: float | None = None,
         min_lr: float = 1e-9,
         strategy: str = "cosine",
-        warmup_steps: int | float = 0,
-        cooldown_steps: int | float = 0,
+        warmup_steps: int | float | None = None,
+        cooldown_steps: int | float | None = None,
         last_epoch: int = -1,
+        method: str | None = None,
     ) -> None:
         total_steps = _whole_steps("total_steps", total_steps)
         if total_steps < 1:
             raise ValueError(f"total_steps must be a positive integer (>= 1), got {total_steps}")
-        warmup = _resolve_steps("warmup_steps", warmup_steps, total_steps)
-        cooldown = _resolve_steps("cooldown_steps", cooldown_steps, total_steps)
+        if warmup_steps is None:
+            warmup = total_steps // DEFAULT_WARMUP_DIVISOR
+        else:
+            warmup = _resolve_steps("warmup_steps", warmup_steps, total_steps)
+        if cooldown_steps is None:
+            cooldown = total_steps // DEFAULT_COOLDOWN_DIVISOR
+        else:
+            cooldown = _resolve_steps("cooldown_steps", cooldown_steps, total_steps)
         if warmup + cooldown > total_steps:
             raise ValueError(
                 f"warmup_steps + cooldown_steps must not exceed total_steps={total_steps}, "
@@ -289,6 +332,8 @@ class LRScheduler(lr_scheduler.LRScheduler):
             final_lr_ratio = DEFAULT_FINAL_LR_RATIO
         if final_lr_ratio is not None and not 0.0 <= final_lr_ratio <= 1.0:
             raise ValueError(f"final_lr_ratio must be in [0, 1], got {final_lr_ratio!r}")
+        if not 0.0 <= min_lr < math.inf:
+            raise ValueError(f"min_lr must be a finite number >= 0, got {min_lr!r}")
         if final_lr is not None:
             if not 0.0 <= final_lr < math.inf:
                 raise ValueError(f"final_lr must be a finite number >= 0, got {final_lr!r}")
@@ -297,12 +342,16 @@ class LRScheduler(lr_scheduler.LRScheduler):
                 base_lr = float(group.get("initial_lr", group["lr"]))
                 if final_lr > base_lr:
                     raise ValueError(
-                        f"final_lr must not exceed the base lr of any param group, got final_lr={final_lr!r} "
-                        f"above param_groups[{index}] base lr {base_lr!r}; use final_lr_ratio for groups of "
+                        f"final_lr must not exceed the initial lr of any param group, got final_lr={final_lr!r} "
+                        f"above param_groups[{index}] initial lr {base_lr!r}; use final_lr_ratio for groups of "
                         "different lrs"
                     )
-        if not 0.0 <= min_lr < math.inf:
-            raise ValueError(f"min_lr must be a finite number >= 0, got {min_lr!r}")
+            min_lr = min(min_lr, final_lr)
+
+        if method is None:
+            method = "percentile" if final_lr_ratio is not None else "numerical"
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(METHODS)}")
 
         # Everything `get_lr` reads must exist before torch's __init__, which takes the first step.
         # Only plain numbers and strings are stored, so `state_dict()` survives `torch.load(weights_only=True)`.
@@ -310,6 +359,7 @@ class LRScheduler(lr_scheduler.LRScheduler):
         self.warmup_steps = warmup
         self.cooldown_steps = cooldown
         self.strategy = name
+        self.method = method
         self.final_lr_ratio = final_lr_ratio
         self.final_lr = final_lr
         self.min_lr = min_lr
@@ -317,21 +367,23 @@ class LRScheduler(lr_scheduler.LRScheduler):
 
     @property
     def final_lrs(self) -> list[float]:
-        """The lr each param group ends at, in param-group order."""
+        """The lr each param group decays to, in param-group order."""
         if self.final_lr_ratio is not None:
             return [float(base_lr) * self.final_lr_ratio for base_lr in self.base_lrs]
         return [float(self.final_lr)] * len(self.base_lrs)  # type: ignore[arg-type]
 
     def compute_lr(self, step: int, base_lr: float, final_lr: float) -> float:
-        """Compute the lr at `step` for a group going from `base_lr` to `final_lr`, without changing any state.
+        """Compute the lr after `step` calls to `step()` for a group going from `base_lr` to `final_lr`.
+
+        That is the run's `step + 1`-th lr. No state changes.
 
         Args:
-            step: Number of optimizer steps taken, at least 0; steps past `total_steps` count as `total_steps`.
-            base_lr: The lr at the end of warmup.
-            final_lr: The lr at `total_steps`.
+            step: Number of `step()` calls made, at least 0 (torch's `last_epoch`).
+            base_lr: The group's initial lr.
+            final_lr: The lr the decay ends at.
 
         Returns:
-            The lr, floored at `min(min_lr, base_lr)`.
+            The lr, at least `min(min_lr, base_lr)`.
 
         Raises:
             ValueError: If `step` is negative.
@@ -339,30 +391,33 @@ class LRScheduler(lr_scheduler.LRScheduler):
         Examples:
             >>> import torch
             >>> optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
-            >>> scheduler = LRScheduler(optimizer, total_steps=100, strategy="cosine")
-            >>> scheduler.compute_lr(50, base_lr=2.0, final_lr=0.0)
+            >>> scheduler = LRScheduler(optimizer, total_steps=100, strategy="cosine", method="numerical")
+            >>> scheduler.compute_lr(49, base_lr=2.0, final_lr=0.0)
             1.0
             >>> scheduler.compute_lr(500, base_lr=2.0, final_lr=0.5)
-            0.5
+            1e-09
         """
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        step = min(step, self.total_steps)
+        position = step + 1
+        total = self.total_steps
+        ratio = 1.0 - STRATEGIES[self.strategy](min(position / total, 1.0))
+        lr = METHODS[self.method](base_lr, final_lr, ratio)
         floor = min(self.min_lr, base_lr)
-        if step < self.warmup_steps:
-            return max(base_lr * step / self.warmup_steps, floor)
-        cooldown_start = self.total_steps - self.cooldown_steps
-        if step <= cooldown_start:
-            return max(self._decay(step, base_lr, final_lr), floor)
-        start_lr = self._decay(cooldown_start, base_lr, final_lr)
-        done = (step - cooldown_start) / self.cooldown_steps
-        return max(start_lr * (1.0 - done) + final_lr * done, floor)
+        cooldown_start = total - self.cooldown_steps
+        if position < self.warmup_steps:
+            lr = floor + (lr - floor) * (position / self.warmup_steps)
+        elif self.cooldown_steps > 0 and position > cooldown_start:
+            # Past total_steps the ratio would turn negative; the lr holds at the floor instead.
+            remaining = max(1.0 - (position - cooldown_start) / self.cooldown_steps, 0.0)
+            lr = floor + (lr - floor) * remaining
+        return max(lr, floor)
 
     def get_lr_at(self, step: int) -> list[float]:
-        """Compute the lr of every param group at `step`, without changing any state.
+        """Compute the lr of every param group after `step` calls to `step()`, without changing any state.
 
         Args:
-            step: Number of optimizer steps taken, at least 0; steps past `total_steps` count as `total_steps`.
+            step: Number of `step()` calls made, at least 0; `get_lr_at(0)` is the lr right after construction.
 
         Returns:
             One lr per param group, in param-group order.
@@ -383,13 +438,13 @@ class LRScheduler(lr_scheduler.LRScheduler):
     # torch's step(epoch) uses this when present; the schedule is closed-form anyway.
     _get_closed_form_lr = get_lr
 
-    def _decay(self, step: int, base_lr: float, final_lr: float) -> float:
-        span = self.total_steps - self.warmup_steps
-        # span is 0 only when warmup fills the whole run, leaving nothing to decay over: hold the base lr.
-        progress = (step - self.warmup_steps) / span if span > 0 else 0.0
-        factor = STRATEGIES[self.strategy](progress)
-        # Weighted this way rather than `final + (base - final) * f`, the ends are exact: f == 1 gives base_lr.
-        return base_lr * factor + final_lr * (1.0 - factor)
+    def __repr__(self) -> str:
+        final = f"final_lr_ratio={self.final_lr_ratio}" if self.final_lr is None else f"final_lr={self.final_lr}"
+        return (
+            f"{self.__class__.__name__}({self.strategy!r}, method={self.method!r}, {final}, "
+            f"total_steps={self.total_steps}, warmup_steps={self.warmup_steps}, "
+            f"cooldown_steps={self.cooldown_steps}, min_lr={self.min_lr})"
+        )
 
 
 def _whole_steps(name: str, value: int | float) -> int:

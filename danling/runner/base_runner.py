@@ -163,8 +163,9 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         self.inited = True
         # The run's id comes from the config as given (before a seed is drawn), so relaunching the same config
         # finds the same run directory, which `resume=True` relies on.
-        if config.get("run_id") is None:
-            config.run_id = config.run_uuid.hex
+        # Pinned as the config is now: a seed drawn below, or keys assigned in a subclass's __init__, then leave
+        # the run's id (and its directory) as it was given.
+        config.run_id = config.run_id
         pending = self.__dict__.pop("_pending_checkpoint", None)
         if pending is None and config.get("checkpoint") is not None:
             pending = read_checkpoint(config["checkpoint"])
@@ -257,6 +258,7 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
             drawn = random.SystemRandom().randint(0, MAX_SEED) if self.is_main_process else None
             seed = self.broadcast_object(drawn)
             self.config.seed = seed
+            self.config.seed_drawn = True
         seed = validate_seed(seed)
         if bias is None or bias is True:
             bias = self.rank
@@ -357,11 +359,15 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
 
     @property
     def total_iters(self) -> int:
-        """Micro-batches (forward and backward passes) in the whole run: `iter_end`, else epochs × per epoch."""
+        """Micro-batches (forward and backward passes) in the whole run: `iter_end`, else epochs × per epoch.
+
+        `0` when there is nothing to train on (no `train` split) and no `iter_end`, whether or not `epoch_end` is set.
+        """
         iter_end = self.config.iter_end
         if iter_end:
             return iter_end
-        return self.total_epochs * self.iters_per_epoch
+        iters_per_epoch = self.iters_per_epoch
+        return self.total_epochs * iters_per_epoch if iters_per_epoch else 0
 
     @property
     def total_steps(self) -> int:
@@ -375,7 +381,8 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
             return step_end
         if self.config.get("iter_end"):
             return ceil(self.total_iters / self.accum_steps)
-        return self.total_epochs * ceil(self.iters_per_epoch / self.accum_steps)
+        iters_per_epoch = self.iters_per_epoch
+        return self.total_epochs * ceil(iters_per_epoch / self.accum_steps) if iters_per_epoch else 0
 
     @property
     def total_epochs(self) -> int:

@@ -10,9 +10,16 @@ from warnings import warn
 from chanfig import NestedDict
 
 from ..utils.io import atomic_copy, remove_stale_temporaries
-from .config import Config
+from .config import Config, interval
 
-__all__ = ["CheckpointIO", "extract_model_state", "find_resumable_checkpoints", "read_checkpoint"]
+__all__ = [
+    "CheckpointIO",
+    "epoch_checkpoints",
+    "extract_model_state",
+    "find_resumable_checkpoints",
+    "prune_epoch_checkpoints",
+    "read_checkpoint",
+]
 
 CheckpointLike = Mapping | bytes | str | os.PathLike
 
@@ -57,14 +64,37 @@ def find_resumable_checkpoints(run_root: str, checkpoint_dir_name: str = "checkp
         if not os.path.isdir(directory):
             continue
         names = os.listdir(directory)
-        snapshots = sorted(
-            (name for name in names if name.startswith("epoch-") and name.endswith(".pth")),
-            key=lambda name: int(name[len("epoch-") : -len(".pth")]) if name[6:-4].isdigit() else -1,
-            reverse=True,
-        )
-        ordered = (["latest.pth"] if "latest.pth" in names else []) + snapshots
+        ordered = (["latest.pth"] if "latest.pth" in names else []) + epoch_checkpoints(names)
         candidates.extend(os.path.join(directory, name) for name in ordered)
     return candidates
+
+
+def epoch_checkpoints(names: list[str]) -> list[str]:
+    """The `epoch-N.pth` names among `names`, newest (highest N) first.
+
+    Examples:
+        >>> epoch_checkpoints(["latest.pth", "epoch-9.pth", "epoch-10.pth", "best.pth", "epoch-x.pth"])
+        ['epoch-10.pth', 'epoch-9.pth']
+    """
+    numbered = [name for name in names if name.startswith("epoch-") and name.endswith(".pth") and name[6:-4].isdigit()]
+    return sorted(numbered, key=lambda name: int(name[6:-4]), reverse=True)
+
+
+def prune_epoch_checkpoints(directory: str, keep: int | None) -> list[str]:
+    """Delete all but the newest `keep` `epoch-N.pth` files in `directory`; return the paths deleted.
+
+    Called after the newest copy is safely in place, so at least `keep` good copies exist at every instant.
+    `latest.pth` and `best.pth` are never touched (a copy shares its data with them through a hard link, so
+    deleting the link frees nothing they hold). `None` or a value below 1 keeps every copy.
+    """
+    if keep is None or keep < 1:
+        return []
+    removed = []
+    for name in epoch_checkpoints(os.listdir(directory))[keep:]:
+        path = os.path.join(directory, name)
+        os.remove(path)
+        removed.append(path)
+    return removed
 
 
 def _load(path: str, **kwargs: Any) -> Any:
@@ -167,33 +197,38 @@ class CheckpointIO:
         """Save the state to `checkpoint_dir/{name}.pth` atomically, on the main process.
 
         `best.pth` is made from it (a hard link, or an atomic copy) when the latest score is the best, and
-        `epoch-{epochs}.pth` when `config.save_interval` is positive and `epochs + 1` is a multiple of it.
-        A failed write raises with the path in the message; the previous files stay intact.
+        `epoch-{epochs}.pth` when `config.save_interval` is positive and `epochs + 1` is a multiple of it (only the
+        newest `config.max_epoch_checkpoints` of those are kept, when that is set). A failed write raises with the
+        path in the message; the previous files stay intact.
 
-        Call it on every process: the state of each process (random generators, for one) is gathered first.
+        Never collective: call it on every process or on the main process only; the others return at once. What
+        each process holds on its own (random generators, say) comes from the snapshot the training loop takes
+        where every process already is (see `TorchRunner.collect_process_state`).
 
         Args:
             name: Name of the checkpoint. Defaults to `"latest"`.
             epochs: Epoch index to name a snapshot after. Defaults to `config.epochs`.
             save_best: Also update `best.pth` when `is_best`.
         """
-        state = self.state_dict()
         if not self.is_main_process:  # type: ignore[attr-defined]
             return
+        state = self.state_dict()
         epochs = self.config.epochs if epochs is None else epochs
+        checkpoint_dir = self.checkpoint_dir  # type: ignore[attr-defined]
         if not self.__dict__.get("_checkpoint_dir_tidied"):
             # A process killed while saving (the run being resumed now, say) leaves its temporary file behind.
-            remove_stale_temporaries(self.checkpoint_dir)  # type: ignore[attr-defined]
+            remove_stale_temporaries(checkpoint_dir)
             self.__dict__["_checkpoint_dir_tidied"] = True
-        latest_path = os.path.join(self.checkpoint_dir, f"{name}.pth")  # type: ignore[attr-defined]
+        latest_path = os.path.join(checkpoint_dir, f"{name}.pth")
         spare = bool(self.config.get("checkpoint_spare")) and latest_path.endswith(".pth")
         self.save(state, latest_path, spare=spare)  # type: ignore[attr-defined]
-        save_interval = self.config.get("save_interval")
+        save_interval = interval(self.config.get("save_interval"))
         at_epoch_end = "position" not in state  # a checkpoint from inside an epoch is never a snapshot or best
-        if at_epoch_end and save_interval and save_interval > 0 and (epochs + 1) % save_interval == 0:
-            atomic_copy(latest_path, os.path.join(self.checkpoint_dir, f"epoch-{epochs}.pth"))  # type: ignore[attr-defined]
+        if at_epoch_end and save_interval and (epochs + 1) % save_interval == 0:
+            atomic_copy(latest_path, os.path.join(checkpoint_dir, f"epoch-{epochs}.pth"))
+            prune_epoch_checkpoints(checkpoint_dir, self.config.get("max_epoch_checkpoints"))
         if at_epoch_end and save_best and self.is_best:  # type: ignore[attr-defined]
-            atomic_copy(latest_path, os.path.join(self.checkpoint_dir, "best.pth"))  # type: ignore[attr-defined]
+            atomic_copy(latest_path, os.path.join(checkpoint_dir, "best.pth"))
 
     def load_config(self, checkpoint: CheckpointLike, overwrite: bool = False, *args: Any, **kwargs: Any) -> None:
         """Take the config of the run that wrote `checkpoint`, to continue it.
@@ -218,6 +253,8 @@ class CheckpointIO:
         # A key the current config leaves unset (absent or None, like a seed to be drawn) takes the checkpoint's
         # value: otherwise a resumed run would draw a new seed and see its data in a different order.
         unset = {k: v for k, v in config.items() if k != "checkpoint" and self.config.get(k) is None}
+        if "seed" in unset and "seed_drawn" in config:
+            unset["seed_drawn"] = config["seed_drawn"]  # a drawn seed stays out of the run's identity
         self.config.merge({k: v for k, v in config.items() if k != "checkpoint"}, overwrite=overwrite)
         self.config.merge(unset, overwrite=True)
         for key in ("experiment_id", "run_id"):

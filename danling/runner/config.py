@@ -21,13 +21,16 @@ from ..defaults import (
 from ..utils.git import get_git_hash
 from ..utils.io import to_builtin
 
-__all__ = ["PLATFORMS", "PRECISIONS", "Config"]
+__all__ = ["INTERVALS", "PLATFORMS", "PRECISIONS", "Config", "interval"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 """Values `Config.precision` accepts (besides `None`, which means fp32)."""
 
 PLATFORMS = ("auto", "torch", "accelerate", "deepspeed")
 """Values `Config.platform` accepts."""
+
+INTERVALS = ("log_interval", "save_interval", "checkpoint_interval")
+"""Interval knobs that are off when `None`, `0` or negative, as in the original DanLing (whose default is `-1`)."""
 
 
 class Config(chanfig.Config):
@@ -62,12 +65,12 @@ class Config(chanfig.Config):
     """Name of this run within the experiment."""
     experiment_id: str | None = None
     """Id of the experiment; defaults to the git commit checked out in the working directory, if any."""
-    run_id: str | None = None
-    """Id of the run; defaults to the hex of `run_uuid` when the runner starts."""
 
     # Randomness
     seed: int | None = None
     """Random seed; `None` lets the main process draw one, which is then stored here. `0` is a valid seed."""
+    seed_drawn: bool = False
+    """Whether `seed` was drawn by the runner rather than given: a drawn seed is not part of the run's identity."""
     deterministic: bool = False
     """Make cuDNN and torch choose deterministic algorithms (slower, bit-for-bit repeatable)."""
 
@@ -113,13 +116,18 @@ class Config(chanfig.Config):
     progress: bool = True
     """Show progress bars on the main process when stdout is a terminal."""
     log_interval: int | None = None
-    """Log every this many iterations; `None` logs about ten times per epoch."""
+    """Log every this many iterations; `None` logs about ten times per epoch, `0` or a negative value never."""
     save_checkpoints: bool = True
     """Write checkpoints at all; `False` keeps the run free of checkpoint files."""
     save_interval: int | None = None
-    """Also keep `epoch-N.pth` every this many epochs; `None` keeps only `latest` and `best`."""
+    """Also keep `epoch-N.pth` every this many epochs; `None`, `0` or a negative value (the original's `-1`) keeps
+    only `latest` and `best`."""
+    max_epoch_checkpoints: int | None = None
+    """Keep only the newest this many `epoch-N.pth` copies (older ones are deleted once the new one is written);
+    `None` keeps them all. `latest` and `best` are never deleted."""
     checkpoint_interval: int | None = None
-    """Also save `latest` every this many optimizer steps, inside epochs; `None` saves at epoch ends only."""
+    """Also save `latest` every this many optimizer steps, inside epochs; `None`, `0` or a negative value saves at
+    epoch ends only."""
     checkpoint_spare: bool = True
     """Keep the replaced `latest.pth` as a hidden spare and rewrite it in place at the next save: much faster
     frequent saves, for one more checkpoint's worth of disk."""
@@ -153,6 +161,9 @@ class Config(chanfig.Config):
     """`torch.distributed` init method; `None` uses the environment `torchrun` sets."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for given in (*(arg for arg in args if isinstance(arg, Mapping)), kwargs):
+            for name in _INTEGER_KNOBS.intersection(given):
+                _check_integral(name, given[name])
         super().__init__(*args, **kwargs)
         if self.get("experiment_id") is None:
             self.experiment_id = get_git_hash() or DEFAULT_EXPERIMENT_ID
@@ -167,6 +178,12 @@ class Config(chanfig.Config):
         if isinstance(obj, Mapping):
             return cls(obj)
         return super().from_dict(obj)
+
+    def set(self, name: Any, value: Any, convert_mapping: bool | None = None) -> None:
+        """Set `name` to `value`; a fractional value for a counter or interval is an error, not truncated."""
+        if name in _INTEGER_KNOBS:
+            _check_integral(name, value)
+        super().set(name, value, convert_mapping)
 
     def post(self) -> None:
         """Validate after parsing (chanfig calls this through `boot`)."""
@@ -185,10 +202,17 @@ class Config(chanfig.Config):
             raise ValueError(f"unknown precision {self.precision!r}; expected one of: {', '.join(PRECISIONS)}")
         if self.score_mode is not None and self.score_mode not in ("min", "max"):
             raise ValueError(f"score_mode must be 'min', 'max' or None, got {self.score_mode!r}")
-        for name in ("epoch_end", "step_end", "iter_end", "log_interval", "save_interval", "checkpoint_interval"):
+        for name in ("epoch_end", "step_end", "iter_end"):
             value = self.get(name)
-            if value is not None and (not isinstance(value, int) or value < 0):
+            if value is not None and (not _is_integer(value) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+        keep = self.get("max_epoch_checkpoints")
+        if keep is not None and (not _is_integer(keep) or keep < 1):
+            raise ValueError(f"max_epoch_checkpoints must be a positive integer or None, got {keep!r}")
+        for name in INTERVALS:
+            value = self.get(name)
+            if value is not None and not _is_integer(value):
+                raise ValueError(f"{name} must be an integer (0 or negative turns it off) or None, got {value!r}")
         for name in ("max_grad_norm", "max_grad_value"):
             value = self.get(name)
             if value is not None and value <= 0:
@@ -206,16 +230,52 @@ class Config(chanfig.Config):
         return value
 
     @property
+    def run_id(self) -> str:
+        """Id of the run: the value set (in code, a file or on the command line), else the hex of `run_uuid`.
+
+        Until it is set, it follows the content, so it reflects command-line overrides; a runner pins it when it
+        starts, and a resumed run takes the id of the run it continues.
+        """
+        value = dict.get(self, "run_id")
+        return value if value is not None else self.run_uuid.hex
+
+    @run_id.setter
+    def run_id(self, value: str | None) -> None:
+        # Not through chanfig's `set`, which mirrors top-level keys as attributes and would call this setter again.
+        dict.__setitem__(self, "run_id", value)
+
+    @property
     def experiment_uuid(self) -> UUID:
         """UUID of the experiment, derived from `experiment_id`."""
         return uuid5(NAMESPACE_URL, str(self.experiment_id))
 
     @property
     def run_uuid(self) -> UUID:
-        """UUID of the run: the config's content, less progress counters and storage locations."""
+        """UUID of the run: the config's content, less progress counters, storage locations and a drawn seed."""
         content: Mapping = self.dict()  # type: ignore[assignment]
         identity = {key: value for key, value in content.items() if key not in IGNORED_NAMES_IN_HASH}
+        if content.get("seed_drawn"):
+            # The identity of the config as given, before the runner drew the seed.
+            identity["seed"] = None
         return uuid5(self.experiment_uuid, json.dumps(to_builtin(identity), sort_keys=True, default=repr))
 
     def __hash__(self) -> int:  # type: ignore[override]
         return int(self.run_uuid.hex, 16)
+
+
+_INTEGER_KNOBS = frozenset({"epoch_end", "step_end", "iter_end", "accum_steps", *INTERVALS})
+
+
+def interval(value: int | None) -> int:
+    """An interval knob as a positive period, or `0` when it is off (`None`, `0` or negative)."""
+    return value if value is not None and value > 0 else 0
+
+
+def _check_integral(name: str, value: Any) -> None:
+    # chanfig would truncate 1.5 to the declared int silently.
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

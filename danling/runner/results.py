@@ -1,8 +1,11 @@
-"""Results, scores and the best epoch: pure functions, and the part of `BaseRunner` that uses them."""
+"""Results, scores and the best epoch: the part of `BaseRunner` that keeps them, and the pure functions it uses.
+
+The pure functions live in [`danling.scoring`][danling.scoring], which imports no torch, so that the `danling`
+command can read a run directory with them; they are re-exported here.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -10,124 +13,21 @@ from warnings import warn
 
 from chanfig import FlatDict, NestedDict
 
-from ..defaults import IGNORED_SET_NAMES, LOWER_IS_BETTER_NAMES
+from ..scoring import (
+    choose_best_fn,
+    find_best_index,
+    find_scores,
+    format_result,
+    format_results_table,
+    infer_score_split,
+    table_columns,
+)
 from ..utils.decorators import on_main_process
 from ..utils.io import atomic_copy
 from .config import Config
 from .meta import RunnerMode
 
 __all__ = ["Results", "choose_best_fn", "format_result", "format_results_table", "infer_score_split"]
-
-
-def infer_score_split(splits: Sequence[str], score_split: str | None = None) -> str:
-    """The split that holds the score: `score_split` if given, else `val`, `validate`, the second split, the first.
-
-    Keys in [`IGNORED_SET_NAMES`][danling.defaults.IGNORED_SET_NAMES] (like `index`) are never chosen.
-
-    Examples:
-        >>> infer_score_split(["train", "val", "test"])
-        'val'
-        >>> infer_score_split(["train", "test"])
-        'test'
-        >>> infer_score_split(["index", "train"])
-        'train'
-    """
-    if score_split is not None:
-        return score_split
-    candidates = [split for split in splits if split not in IGNORED_SET_NAMES]
-    for preferred in ("val", "validate"):
-        if preferred in candidates:
-            return preferred
-    if not candidates:
-        raise ValueError(f"cannot choose a score split: the result has no split, only {list(splits)}")
-    return candidates[1] if len(candidates) > 1 else candidates[0]
-
-
-def choose_best_fn(score_name: str, score_mode: str | None = None) -> Callable:
-    """`min` for scores that are errors or losses, `max` otherwise; `score_mode` (`"min"`/`"max"`) overrides.
-
-    Examples:
-        >>> choose_best_fn("loss"), choose_best_fn("val_rmse"), choose_best_fn("acc")
-        (<built-in function min>, <built-in function min>, <built-in function max>)
-        >>> choose_best_fn("acc", "min")
-        <built-in function min>
-    """
-    if score_mode is not None:
-        return {"min": min, "max": max}[score_mode]
-    name = score_name.lower()
-    lower_is_better = any(
-        name == suffix or name.endswith(("_" + suffix, "." + suffix)) for suffix in LOWER_IS_BETTER_NAMES
-    )
-    return min if lower_is_better else max
-
-
-def format_result(result: Mapping, format_spec: str = ".4f") -> str:
-    """Format a (possibly nested) result for a log line: one `name: value` per metric, one line per split.
-
-    Examples:
-        >>> format_result({"loss": 0.12345, "acc": 0.9})
-        'loss: 0.1235\\tacc: 0.9000'
-        >>> print(format_result({"train": {"loss": 0.5}, "val": {"loss": 0.25, "acc": 0.75}}))
-        train: loss: 0.5000
-        val: loss: 0.2500	acc: 0.7500
-    """
-    flat, nested = [], []
-    for key, value in result.items():
-        if isinstance(value, Mapping):
-            nested.append(f"{key}: {format_result(value, format_spec).replace(chr(10), chr(10) + '  ')}")
-        else:
-            flat.append(f"{key}: {_format_value(value, format_spec)}")
-    lines = (["\t".join(flat)] if flat else []) + nested
-    return "\n".join(lines)
-
-
-def format_results_table(
-    results: Mapping, columns: Sequence[str], best_index: Any = None, format_spec: str = ".4f"
-) -> str:
-    """A text table of `results` (`{index: {split: {metric: value}}}`), one row per index.
-
-    Args:
-        results: Results by epoch (or any index).
-        columns: `"split.metric"` names of the values to show, in order.
-        best_index: Index of the row to mark as the best.
-        format_spec: Format of the values.
-
-    Examples:
-        >>> results = {0: {"val": {"loss": 0.5, "acc": 0.75}}, 1: {"val": {"loss": 0.25, "acc": 0.875}}}
-        >>> print(format_results_table(results, ["val.loss", "val.acc"], best_index=1))
-        epoch  val.loss  val.acc
-            0    0.5000   0.7500
-            1    0.2500   0.8750  <- best
-    """
-    widths = [max(len(column), len(format(0.0, format_spec))) for column in columns]
-    lines = ["epoch  " + "  ".join(f"{column:>{width}}" for column, width in zip(columns, widths))]
-    for index, result in results.items():
-        cells = []
-        for column, width in zip(columns, widths):
-            split, _, metric = column.partition(".")
-            value = result.get(split, {}).get(metric) if isinstance(result.get(split), Mapping) else None
-            cells.append(f"{_format_value(value, format_spec):>{width}}" if value is not None else " " * width)
-        marker = "  <- best" if index == best_index else ""
-        lines.append(f"{index!s:>5}  " + "  ".join(cells) + marker)
-    return "\n".join(lines)
-
-
-def _format_value(value: Any, format_spec: str) -> str:
-    if isinstance(value, (bool, int)):
-        return str(value)
-    if hasattr(value, "__format__") and not isinstance(value, (str, list, tuple)):
-        try:
-            return format(value, format_spec)
-        except (TypeError, ValueError):
-            return str(value)
-    return str(value)
-
-
-def _score_key(best_fn: Callable, score: float) -> float:
-    # NaN (a diverged epoch) must never be chosen as the best.
-    if score is None or (isinstance(score, float) and math.isnan(score)):
-        return -math.inf if best_fn is max else math.inf
-    return score
 
 
 class Results:
@@ -173,28 +73,12 @@ class Results:
         """
         if not self.results:
             return None
-        split, name = self.score_split, self.config.score_name
-        scores = FlatDict()
-        for index, result in self.results.items():
-            if isinstance(result, Mapping) and isinstance(result.get(split), Mapping) and name in result[split]:
-                scores[index] = result[split][name]
-        if not scores:
-            latest = self.results[next(reversed(self.results))]
-            available = {k: list(v.keys()) if isinstance(v, Mapping) else v for k, v in latest.items()}
-            raise ValueError(
-                f"score {split!r}/{name!r} (score_split/score_name) is not in the results; "
-                f"the latest result has {available}"
-            )
-        return scores
+        return FlatDict(find_scores(self.results, self.score_split, self.config.score_name))
 
     @property
     def best_index(self) -> int:
         """Index of the best score (the latest one among ties); `0` when there are no results."""
-        scores = self.scores
-        if not scores:
-            return 0
-        best_fn = self.best_fn
-        return best_fn(reversed(list(scores.keys())), key=lambda index: _score_key(best_fn, scores[index]))
+        return find_best_index(self.scores or {}, self.best_fn)
 
     @property
     def latest_result(self) -> NestedDict | None:
@@ -277,14 +161,7 @@ class Results:
         if not self.results:
             return ""
         if columns is None:
-            latest = self.results[next(reversed(self.results))]
-            columns = [
-                f"{split}.{metric}"
-                for split, metrics in latest.items()
-                if isinstance(metrics, Mapping)
-                for metric, value in metrics.items()
-                if not isinstance(value, (Mapping, list, tuple))
-            ]
+            columns = table_columns(self.results[next(reversed(self.results))])
         return format_results_table(self.results, columns, self.best_index, format_spec)
 
     def format_result(self, result: Mapping, format_spec: str = ".4f") -> str:
@@ -359,8 +236,11 @@ class Results:
     def save_result(self) -> None:
         """Write `results.json` (every result), `latest.json` and, when best, `best.json` to the run directory.
 
-        Each file is written atomically; a failure raises with the path in the message.
+        Each file is written atomically; a failure raises with the path in the message. Only the main process
+        writes; on the others this does nothing, so it may be called from any of them.
         """
+        if not self.is_main_process:  # type: ignore[attr-defined]
+            return
         directory = self.dir  # type: ignore[attr-defined]
         header = {"name": self.name, "id": self.id, "timestamp": self.timestamp}  # type: ignore[attr-defined]
         results = {

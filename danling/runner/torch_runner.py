@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -20,6 +22,7 @@ from ..metrics import Metrics, MultiTaskMetrics
 from ..utils import distributed as du
 from ..utils.seed import get_rng_state, seed_everything, set_rng_state
 from .base_runner import BaseRunner
+from .config import interval
 from .meta import RunnerMode
 from .preemption import Preempted, PreemptionWatcher
 from .samplers import EvaluationSampler, TrainingSampler
@@ -28,6 +31,9 @@ __all__ = ["TorchRunner"]
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 """Autocast dtype for each reduced `Config.precision`."""
+
+# Runners on several processes, whose DDP wrappers are dropped before the process group is torn down at exit.
+_DISTRIBUTED_RUNNERS: weakref.WeakSet = weakref.WeakSet()
 
 # Keys of `config.dataloader` that are DataLoader arguments, not per-split sections.
 _LOADER_DEFAULTS = {"batch_size": 1, "num_workers": 0, "drop_last": False}
@@ -80,6 +86,9 @@ class TorchRunner(BaseRunner):
     # Meters and metrics of this process from a checkpoint taken inside an epoch, restored by `train_epoch`.
     _resume_state: Mapping | None = None
     _epoch_generator_state: torch.Tensor | None = None
+    # Every process's own state (random generators, loader generators, mid-epoch measures), by rank, as gathered
+    # at the last point where the loop had every process together: a save never has to wait for the others.
+    _process_states: list[Any] | None = None
 
     def __post_init__(self) -> None:
         self.init_environment()
@@ -89,6 +98,7 @@ class TorchRunner(BaseRunner):
         self.restore_checkpoint()
         self.wrap_model()
         if self.config.get("log_interval") is None and self.dataloaders:
+            # About ten lines per epoch; an explicit value of 0 or below turns the lines off.
             self.config.log_interval = max(1, max(len(loader) for loader in self.dataloaders.values()) // 10)
 
     # Environment
@@ -113,6 +123,9 @@ class TorchRunner(BaseRunner):
                 world_size=world_size,
                 rank=int(rank if rank is not None else os.environ.get("RANK", "0")),
             )
+            # Created here, so torn down here when the interpreter exits, whatever the user's script does.
+            du.destroy_process_group_at_exit(release=_release_process_group_users)
+        _DISTRIBUTED_RUNNERS.add(self)
         self.config.backend = dist.get_backend()
         self.timestamp = du.broadcast_object(self.timestamp)
 
@@ -212,6 +225,22 @@ class TorchRunner(BaseRunner):
             options.setdefault("generator", generator)
             self.datasamplers[split] = sampler
             self.dataloaders[split] = DataLoader(dataset, sampler=sampler, drop_last=drop_last, **options)
+
+    @property
+    def mode(self) -> RunnerMode:
+        """Running mode: `train`, `eval` or `inf`; setting it puts the model and the EMA in that mode.
+
+        `train` calls `model.train()`, the others `model.eval()`, as custom loops expect.
+        """
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str | RunnerMode) -> None:
+        self._mode = RunnerMode(mode)
+        training = self._mode is RunnerMode.train
+        for module in (self.model, self.ema):
+            if isinstance(module, nn.Module) and module.training != training:
+                module.train(training)
 
     # Model
 
@@ -314,6 +343,9 @@ class TorchRunner(BaseRunner):
         if unset:
             raise ValueError(f"train needs {', '.join(unset)}: assign self.{unset[0]} in your runner's __init__")
         patience = self.config.get("patience")
+        self.write_config_file()
+        self.write_run_state("running")
+        end_state = "finished"
         with PreemptionWatcher() as watcher:
             self._preemption, self._agreed_signal = watcher, None
             try:
@@ -331,18 +363,40 @@ class TorchRunner(BaseRunner):
                     self.save_result()
                     for split, split_result in result.items():
                         self.write_result(split_result, f"{split}/epoch", steps=epoch)
+                    self.collect_process_state()
                     if self.config.save_checkpoints:
                         self.save_checkpoint()
+                    self.write_run_state("running")
                     if self._reached_end():
                         break
                     if patience and epoch - self.best_index >= patience:
                         print(f"early stop: no better {self.config.score_name} for {patience} epochs")
+                        end_state = "stopped_early"
                         break
+            except Preempted as preempted:
+                self._record_failure("interrupted", signal=signal.Signals(preempted.signum).name)
+                raise
+            except KeyboardInterrupt:
+                self._record_failure("interrupted", signal="SIGINT")
+                raise
+            except Exception as error:
+                self._record_failure("crashed", error=f"{type(error).__name__}: {error}")
+                raise
+            else:
+                self.write_run_state(end_state)
             finally:
                 self._preemption = self._epoch_result = None
                 if self.writer is not None:
                     self.writer.flush()
         return self.results
+
+    def _record_failure(self, state: str, **info: Any) -> None:
+        # The error that ended the run is what the user must see: a run.json that cannot be written (the disk that
+        # just filled up, say) must not replace it.
+        try:
+            self.write_run_state(state, **info)
+        except OSError as error:
+            warn(f"could not record the run's state {state!r}: {error}", RuntimeWarning, stacklevel=3)
 
     def _resumed_partial_result(self, epoch: int) -> NestedDict:
         # Splits an interrupted epoch had already finished keep their results; the rest run as usual.
@@ -366,7 +420,6 @@ class TorchRunner(BaseRunner):
         loader = self.dataloaders[split]
         self.mode = RunnerMode.train
         self.split = split
-        self.model.train()  # type: ignore[union-attr]
         sampler = self.datasamplers.get(split) if split in self.datasamplers else getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.config.epochs)  # type: ignore[union-attr]
@@ -382,7 +435,7 @@ class TorchRunner(BaseRunner):
         try:
             length = done + len(loader)
             self._epoch_length = length
-            log_interval = self.config.log_interval or 0
+            log_interval = interval(self.config.log_interval)
             for iteration, batch in enumerate(self._progress_bar(batches, split), start=done):
                 self._epoch_iteration = iteration
                 steps = self.config.steps
@@ -419,13 +472,15 @@ class TorchRunner(BaseRunner):
 
     def _after_optimizer_step(self, split: str, batches_done: int) -> None:
         """Save `latest` every `checkpoint_interval` steps, and stop cleanly if a preemption signal arrived."""
-        interval = self.config.checkpoint_interval
-        periodic = bool(interval and self.config.steps % interval == 0 and self.config.save_checkpoints)
+        period = interval(self.config.checkpoint_interval)
+        periodic = bool(period and self.config.steps % period == 0 and self.config.save_checkpoints)
         signum = self._agreed_preemption_signal()
         if not periodic and signum is None:
             return
         self._position = {"split": split, "batches": batches_done, "finished": _plain_results(self._epoch_result)}
         try:
+            # Every process reaches this step: the one place a mid-epoch snapshot can be gathered without a hang.
+            self.collect_process_state()
             self.save_checkpoint(save_best=False)
         finally:
             self._position = None
@@ -562,18 +617,15 @@ class TorchRunner(BaseRunner):
         self.mode = RunnerMode.eval
         self.split = split
         model = self.evaluation_model()
-        was_training = model.training
         model.eval()
         self._reset_measures()
         length = len(loader)
-        log_interval = self.config.log_interval or 0
+        log_interval = interval(self.config.log_interval)
         for iteration, batch in enumerate(self._progress_bar(loader, split)):
             self.evaluate_step(batch, model)
             if log_interval and (iteration % log_interval == 0 or iteration == length - 1):
                 self.step_log(split, iteration, length - 1)
-        result = self.get_epoch_result()
-        model.train(was_training)
-        return result
+        return self.get_epoch_result()
 
     def evaluate_step(self, batch: Any, model: nn.Module | None = None) -> torch.Tensor | None:
         """Forward (and loss, if there is a criterion) on one batch; updates meters and metrics."""
@@ -607,14 +659,12 @@ class TorchRunner(BaseRunner):
         self.mode = RunnerMode.inf
         self.split = split
         model = self.evaluation_model()
-        was_training = model.training
         model.eval()
         outputs = []
         for batch in self._progress_bar(self.dataloaders[split], split):
             input, _ = self.unpack_batch(batch)
             with self.autocast():
                 outputs.append(self.forward(model, input))
-        model.train(was_training)
         if outputs and all(isinstance(output, torch.Tensor) for output in outputs):
             return du.gather_tensor(torch.cat(outputs))
         gathered = du.all_gather_object(outputs)
@@ -623,7 +673,11 @@ class TorchRunner(BaseRunner):
     # Batches
 
     def unpack_batch(self, batch: Any) -> tuple[Any, Any]:
-        """Split a batch into `(input, target)` on `device`; `target` is `None` when the batch has none."""
+        """Split a batch into `(input, target)` on `device`; `target` is `None` when the batch has none.
+
+        A mapping gives its `input` and `target`; a pair gives both; a 1-tuple or 1-list (what a
+        `DataLoader(TensorDataset(x))` yields) is the input alone; anything else is the input.
+        """
         device = self.device
         if isinstance(batch, Mapping):
             if "input" not in batch:
@@ -631,6 +685,8 @@ class TorchRunner(BaseRunner):
             return to_device(batch["input"], device), to_device(batch.get("target"), device)
         if isinstance(batch, (tuple, list)) and len(batch) == 2:
             return to_device(batch[0], device), to_device(batch[1], device)
+        if isinstance(batch, (tuple, list)) and len(batch) == 1:
+            return to_device(batch[0], device), None
         return to_device(batch, device), None
 
     @staticmethod
@@ -684,16 +740,17 @@ class TorchRunner(BaseRunner):
         """Model (unwrapped), EMA, optimizer, scheduler and the fp16 grad scaler."""
         return {**super().stateful_parts(), "scaler": self.scaler}
 
-    def state_dict(self, cls: Any = dict) -> Any:
-        """Config, results and every part's state, plus what each process holds on its own.
+    def collect_process_state(self) -> None:
+        """Snapshot what every process holds on its own, for the checkpoints saved until the next snapshot.
 
-        `rng` lists every process's random generator states, by rank. A checkpoint taken inside an epoch also
-        holds its `position` (split, batches done, results of splits already finished) and, by rank, the meters
-        and metrics accumulated so far, so the resumed epoch ends with the same numbers.
-
-        Collective when distributed: call it on every process.
+        Collective when distributed: the training loop calls it where every process already is (each epoch's end,
+        and the optimizer step a mid-epoch checkpoint is taken at), so that `save_checkpoint` never needs one.
         """
-        state = dict(super().state_dict())
+        local = self._local_process_state()
+        self._process_states = du.all_gather_object(local) if self.distributed else [local]
+
+    def _local_process_state(self) -> dict[str, Any]:
+        """This process's random generators and loader generators, and inside an epoch its meters and metrics."""
         rng = get_rng_state()
         rng["dataloaders"] = {}
         for split, loader in self.dataloaders.items():
@@ -702,15 +759,36 @@ class TorchRunner(BaseRunner):
                 # Inside an epoch, the state from before the epoch began: resuming re-creates the epoch's iterator.
                 inside = self._position is not None and self._position["split"] == split
                 rng["dataloaders"][split] = self._epoch_generator_state if inside else generator.get_state()
-        state["rng"] = du.all_gather_object(rng)
+        state: dict[str, Any] = {"iters": self.config.iters, "rng": rng}
         if self._position is not None:
             metrics = self.current_metrics
-            local = {
+            state["measures"] = {
                 "meters": self.meters.state_dict(),
                 "metrics": metrics.state_dict() if metrics is not None else None,
             }
+        return state
+
+    def state_dict(self, cls: Any = dict) -> Any:
+        """Config, results and every part's state, plus what each process holds on its own.
+
+        `rng` lists every process's random generator states, by rank. A checkpoint taken inside an epoch also
+        holds its `position` (split, batches done, results of splits already finished) and, by rank, the meters
+        and metrics accumulated so far, so the resumed epoch ends with the same numbers.
+
+        Never collective. This process's entries are its current state; the other processes' come from the last
+        snapshot (`collect_process_state`) if it was taken at the current iteration, and are `None` otherwise.
+        """
+        state = dict(super().state_dict())
+        world_size, iters = self.world_size, self.config.iters
+        snapshot = self._process_states
+        if snapshot is None or len(snapshot) != world_size:
+            snapshot = [None] * world_size
+        entries = [entry if entry is not None and entry["iters"] == iters else None for entry in snapshot]
+        entries[self.rank] = self._local_process_state()
+        state["rng"] = [entry["rng"] if entry is not None else None for entry in entries]
+        if self._position is not None:
             state["position"] = self._position
-            state["measures"] = du.all_gather_object(local)
+            state["measures"] = [entry.get("measures") if entry is not None else None for entry in entries]
         return cls(state)
 
     def load_state_dict(self, checkpoint: Mapping) -> None:
@@ -734,6 +812,10 @@ class TorchRunner(BaseRunner):
                     stacklevel=2,
                 )
                 continue
+            if entries[rank] is None:
+                # Saved away from the loop's snapshots (a manual save on one process): nothing of this rank's.
+                warn(f"checkpoint holds no {key} of process {rank}: not restored", RuntimeWarning, stacklevel=2)
+                continue
             if key == "rng":
                 set_rng_state(entries[rank])
                 for split, generator_state in entries[rank].get("dataloaders", {}).items():
@@ -742,6 +824,14 @@ class TorchRunner(BaseRunner):
                         generator.set_state(generator_state)
             else:
                 self._resume_state = entries[rank]
+
+
+def _release_process_group_users() -> None:
+    """Unwrap the DDP models of live runners: a DDP wrapper keeps the process group alive past its destruction."""
+    for runner in list(_DISTRIBUTED_RUNNERS):
+        model = runner.__dict__.get("model")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            runner.__dict__["model"] = model.module
 
 
 def to_device(data: Any, device: torch.device) -> Any:

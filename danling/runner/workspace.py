@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 from uuid import UUID, uuid5
 from warnings import warn
 
+from ..runs import CONFIG_FILE, RUN_STATES, STATE_FILE
 from ..utils.decorators import on_main_process
-from ..utils.io import PathStr, load, save
+from ..utils.io import PathStr, load, save, to_builtin
 from .config import Config
 from .printing import install_print
 
@@ -95,6 +98,71 @@ class Workspace:
         elif action == "raise":
             raise RuntimeError(f"directory {self.dir!r} is not empty")
         return False
+
+    @on_main_process
+    def write_config_file(self) -> str:
+        """Write the config to `config.yaml` in the run directory, atomically, on the main process.
+
+        The `danling` command reads it there (a checkpoint holds the config too, but reading one needs torch).
+        Values YAML cannot hold as they are (an object a script put in the config) are written as their `str`.
+
+        Returns:
+            The path written (`None` on other processes).
+        """
+        path = os.path.join(self.dir, CONFIG_FILE)
+        self.save(_plain(self.config.dict()), path)
+        return path
+
+    def write_run_state(self, state: str, **info: Any) -> str | None:
+        """Record the run's state in `run.json` in the run directory, atomically, on the main process.
+
+        The record holds `state`, the run's `name`, `id` and `timestamp`, the progress counters (`epochs`, `steps`,
+        `iters`), when it was written (`updated`), the process (`host`, `pid`), and what `danling show` needs to
+        print the command that resumes the run: the working directory, the command line and the number of
+        processes.
+
+        Args:
+            state: One of [`RUN_STATES`][danling.runs.RUN_STATES]: `running`, `finished`, `stopped_early`,
+                `interrupted`, `crashed`.
+            **info: More fields to record, such as `error="..."` for a crash or `signal="SIGTERM"`.
+
+        Returns:
+            The path written (`None` on other processes).
+
+        Raises:
+            ValueError: If `state` is not one of `RUN_STATES`.
+        """
+        if state not in RUN_STATES:
+            raise ValueError(f"unknown run state {state!r}; expected one of: {', '.join(RUN_STATES)}")
+        if not self.is_main_process:  # type: ignore[attr-defined]
+            return None
+        world_size = getattr(self, "world_size", 1)
+        # Relative to the run directory, unless config.checkpoint_dir puts it elsewhere.
+        checkpoint_dir = self.config.get("checkpoint_dir")
+        checkpoint_dir = os.path.abspath(checkpoint_dir) if checkpoint_dir else self.config.checkpoint_dir_name
+        record = {
+            "state": state,
+            "name": self.name,
+            "id": self.id,
+            "timestamp": self.timestamp,
+            "epochs": self.config.epochs,
+            "steps": self.config.steps,
+            "iters": self.config.iters,
+            "updated": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "cwd": os.getcwd(),
+            # The interpreter and everything after it (its options, the script or -m module, the arguments).
+            "command": [sys.executable, *sys.orig_argv[1:]],
+            "args": sys.argv[1:],
+            "world_size": world_size,
+            "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
+            "checkpoint_dir": checkpoint_dir,
+            **info,
+        }
+        path = os.path.join(self.dir, STATE_FILE)
+        self.save(_plain(record), path)
+        return path
 
     @on_main_process
     def init_logging(self) -> None:
@@ -198,3 +266,15 @@ def _with_extension(file: PathStr, kind: str) -> PathStr:
     if (kind == "json" and extension != "json") or (kind == "yaml" and extension not in ("yaml", "yml")):
         raise ValueError(f"{kind} file must end in .{kind}, got {os.fspath(file)!r}")
     return file
+
+
+def _plain(obj: Any) -> Any:
+    # Plain data for YAML and JSON: what `to_builtin` cannot convert is written as its `str`.
+    obj = to_builtin(obj)
+    if isinstance(obj, dict):
+        return {key if isinstance(key, (str, int, float, bool)) else str(key): _plain(v) for key, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(value) for value in obj]
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)

@@ -7,7 +7,10 @@ collective runs on follows the backend: tensors go to the CPU for `gloo` and to 
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +24,7 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "collective_device",
+    "destroy_process_group_at_exit",
     "gather_tensor",
     "get_local_rank",
     "get_rank",
@@ -126,3 +130,32 @@ def barrier() -> None:
     """Wait until every process arrives here; a no-op on a single process."""
     if is_distributed():
         dist.barrier()
+
+
+_teardown_callbacks: list[Callable[[], None]] = []
+_teardown_registered = False
+
+
+def destroy_process_group_at_exit(release: Callable[[], None] | None = None) -> None:
+    """Destroy the default process group when the interpreter exits, after calling `release` (once each).
+
+    A process group still alive at interpreter exit can abort the process (`terminate called without an active
+    exception`, SIGABRT) after the script has finished, so the launcher reports a failed job. `release` drops
+    objects that keep the group alive past its destruction, such as `DistributedDataParallel` wrappers.
+    """
+    global _teardown_registered
+    if release is not None and release not in _teardown_callbacks:
+        _teardown_callbacks.append(release)
+    if not _teardown_registered:
+        atexit.register(_tear_down)
+        _teardown_registered = True
+
+
+def _tear_down() -> None:
+    for release in _teardown_callbacks:
+        release()
+    _teardown_callbacks.clear()
+    # The released wrappers must be gone before the group is, or they keep it alive.
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

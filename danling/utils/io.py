@@ -48,17 +48,26 @@ class CorruptFileError(RuntimeError):
 
 
 class _ChecksumWriter:
-    """File wrapper that keeps a running CRC-32 and length of what is written through it."""
+    """File wrapper that keeps a running CRC-32 and length of what is written through it.
+
+    The first `OSError` a write raises is kept in `error`: `torch.save` replaces it with an internal message of its
+    own ("unexpected pos ..."), and the `OSError` (disk full, file too large) is the one worth reporting.
+    """
 
     def __init__(self, file: IO[bytes]) -> None:
         self.file = file
         self.crc = 0
         self.length = 0
+        self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
         self.crc = zlib.crc32(data, self.crc)
         self.length += len(data)
-        return self.file.write(data)
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
 
     def flush(self) -> None:
         self.file.flush()
@@ -106,6 +115,40 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def _naming(error: BaseException, path: str, prefix: str | None = None) -> BaseException:
+    """`error` if its message names `path`, else an exception like it whose message does.
+
+    The new message is `"{prefix}: {original message}"`, `prefix` defaulting to `"cannot write '{path}'"`.
+
+    The replacement has the type of `error` when that type can be built from a message (an `OSError` keeps its
+    `errno`, so `PermissionError` stays `PermissionError`); otherwise it is a `RuntimeError` that names the
+    original type. The caller raises it `from error`, so the original and its traceback stay in the chain.
+    Interrupts and exits (`KeyboardInterrupt`, `SystemExit`, anything not an `Exception`) and the iteration
+    protocol's `StopIteration` pass through unchanged.
+    """
+    if not isinstance(error, Exception) or isinstance(error, (StopIteration, StopAsyncIteration)):
+        return error
+    message = str(error)
+    if _names(message, path):
+        return error
+    prefix = prefix or f"cannot write {path!r}"
+    if isinstance(error, OSError) and error.errno is not None:
+        arguments: tuple = (error.errno, f"{prefix}: {error.strerror or message}")
+    else:
+        arguments = (f"{prefix}: {message or type(error).__name__}",)
+    try:
+        renamed: BaseException = type(error)(*arguments)
+    except Exception:  # a constructor that wants other arguments (UnicodeError, say): wrap it instead
+        renamed = error
+    if renamed is error or not _names(str(renamed), path):
+        renamed = RuntimeError(f"{prefix}: {type(error).__name__}: {message}")
+    return renamed
+
+
+def _names(message: str, path: str) -> bool:
+    return path in message or repr(path) in message
+
+
 def fsync_dir(directory: PathStr) -> None:
     """Flush a directory entry to disk, so that a rename inside it is durable.
 
@@ -128,8 +171,10 @@ def fsync_dir(directory: PathStr) -> None:
 def atomic_write(path: PathStr, mode: str = "wb", encoding: str | None = None, spare: bool = False) -> Iterator[IO]:
     """Open a temporary file beside `path`; on success, make it `path` in one rename.
 
-    If the block raises, the temporary file is removed and `path` is untouched. An `OSError` (disk full,
-    permission denied) is re-raised with `path` in its message.
+    If the block raises, the temporary file is removed and `path` is untouched. Every exception that leaves names
+    `path` in its message: one that does not is re-raised as the same type with `path` added (an `OSError` keeps
+    its `errno`), or, for a type that cannot be built from a message, as a `RuntimeError`; the original is its
+    `__cause__`. Interrupts such as `KeyboardInterrupt` pass through unchanged.
 
     With `spare=True`, the file `path` replaces is kept as `.{name}.spare` and the next write goes into it in
     place. For a file rewritten again and again (a checkpoint saved every few steps), rewriting pages already in
@@ -151,9 +196,9 @@ def atomic_write(path: PathStr, mode: str = "wb", encoding: str | None = None, s
         >>> open(path).read()
         'hello'
     """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
     path = os.fspath(path)
+    if mode not in ("w", "wb"):
+        raise ValueError(f"cannot write {path!r}: atomic_write mode must be 'w' or 'wb', got {mode!r}")
     directory = os.path.dirname(os.path.abspath(path))
     spare_path = os.path.join(directory, f".{os.path.basename(path)}.spare")
     retiring = os.path.join(directory, f".{os.path.basename(path)}.retiring")
@@ -165,7 +210,7 @@ def atomic_write(path: PathStr, mode: str = "wb", encoding: str | None = None, s
             fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
             os.chmod(tmp_path, 0o666 & ~_UMASK)
     except OSError as error:
-        raise OSError(error.errno, f"cannot write {path!r}: {error.strerror}") from error
+        raise _naming(error, path) from error
     try:
         with os.fdopen(fd, mode, encoding=encoding or ("utf-8" if mode == "w" else None)) as fp:
             yield fp
@@ -184,9 +229,10 @@ def atomic_write(path: PathStr, mode: str = "wb", encoding: str | None = None, s
         for leftover in (tmp_path, retiring):
             with suppress(FileNotFoundError):
                 os.unlink(leftover)
-        if isinstance(error, OSError) and path not in str(error):
-            raise OSError(error.errno, f"cannot write {path!r}: {error.strerror or error}") from error
-        raise
+        renamed = _naming(error, path)
+        if renamed is error:
+            raise
+        raise renamed from error
     fsync_dir(directory)
 
 
@@ -223,6 +269,9 @@ def atomic_copy(source: PathStr, destination: PathStr) -> None:
 
     Files written through [`atomic_write`][danling.utils.io.atomic_write] are never modified in place, so a hard
     link is as good as a copy: replacing `source` later gives it a new inode and leaves `destination` alone.
+
+    A failure (a missing `source`, an unwritable directory) raises with both paths in the message, as the same
+    type (`FileNotFoundError` stays `FileNotFoundError`); no temporary file is left and `destination` is intact.
     """
     source, destination = os.fspath(source), os.fspath(destination)
     directory = os.path.dirname(os.path.abspath(destination))
@@ -241,10 +290,13 @@ def atomic_copy(source: PathStr, destination: PathStr) -> None:
         os.replace(tmp_path, destination)
         if os.path.lexists(tmp_path):  # rename() does nothing when both names already link to the same file
             os.unlink(tmp_path)
-    except OSError as error:
-        if os.path.exists(tmp_path):
+    except BaseException as error:
+        with suppress(FileNotFoundError):
             os.unlink(tmp_path)
-        raise OSError(error.errno, f"cannot write {destination!r}: {error.strerror or error}") from error
+        renamed = _naming(error, destination, f"cannot copy {source!r} to {destination!r}")
+        if renamed is error:
+            raise
+        raise renamed from error
     fsync_dir(directory)
 
 
@@ -294,7 +346,12 @@ def _save_torch(obj: Any, path: str, spare: bool = False, **kwargs: Any) -> None
 
     with atomic_write(path, spare=spare) as fp:
         writer = _ChecksumWriter(fp)
-        torch.save(obj, writer, **kwargs)  # type: ignore[arg-type]
+        try:
+            torch.save(obj, writer, **kwargs)  # type: ignore[arg-type]
+        except Exception:
+            if writer.error is not None:
+                raise writer.error from None  # torch's own message would hide it
+            raise
         fp.write(_TRAILER_MAGIC + writer.crc.to_bytes(4, "little") + writer.length.to_bytes(8, "little"))
 
 
@@ -424,7 +481,10 @@ def save(obj: Any, file: PathStr, *args: Any, **kwargs: Any) -> PathStr:
 
     Raises:
         ValueError: If the extension is not supported.
-        OSError: If the file cannot be written; the message names the path and any earlier file is intact.
+        OSError: If the file cannot be written (permission denied, disk full, file too large).
+
+    Whatever the error (an object that cannot be pickled, too), its message names the path, no temporary file is
+    left behind and any earlier file is intact, byte for byte.
 
     Examples:
         >>> import os, tempfile
@@ -434,7 +494,14 @@ def save(obj: Any, file: PathStr, *args: Any, **kwargs: Any) -> PathStr:
         {'acc': 0.9}
     """
     path = os.fspath(file)
-    SAVERS[_extension(path, SAVERS, "save")](obj, path, *args, **kwargs)
+    saver = SAVERS[_extension(path, SAVERS, "save")]
+    try:
+        saver(obj, path, *args, **kwargs)
+    except BaseException as error:  # arguments the writer refuses fail before `atomic_write` can name the path
+        renamed = _naming(error, path)
+        if renamed is error:
+            raise
+        raise renamed from error
     return file
 
 

@@ -49,16 +49,18 @@ def main() -> None:
     )
     runner.train()  # the model is wrapped in DistributedDataParallel when world_size > 1
 
-    # Evaluation counts every sample once, whatever the number of processes.
+    # Evaluation counts every sample once, whatever the number of processes, and every process gets the result.
     result = runner.evaluate(["val"])
     model = runner.unwrap(runner.model)
     inputs, targets = runner.datasets.val.tensors
     with torch.no_grad():
         expected = runner.criterion(model(inputs), targets).item()
-    print(f"val loss {result['val']['loss']:.6f}, over all 25 samples at once {expected:.6f}")
-    # infer gathers the predictions of every process, in dataset order.
+    loss = result["val"]["loss"]
+    print(f"rank {runner.rank}: val loss {loss:.6f}, over all 25 samples at once {expected:.6f}", force=True)
+    # infer gathers the predictions of every process, in dataset order, on every process.
     predictions = runner.infer("val")
-    print(f"predictions: {tuple(predictions.shape)}, match the model: {torch.allclose(predictions, model(inputs))}")
+    match = torch.allclose(predictions, model(inputs))
+    print(f"rank {runner.rank}: predictions: {tuple(predictions.shape)}, match the model: {match}", force=True)
     # --8<-- [end:main]
 
 

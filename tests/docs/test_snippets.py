@@ -167,14 +167,23 @@ def test_snippet_runs_and_prints_what_the_docs_say(name, tmp_path):
         assert evaluated == pytest.approx(direct, rel=1e-5)
 
 
+# `rank 1: val loss 0.559707, over all 25 samples at once 0.559707`, from each process. Not anchored to lines: print
+# writes the text and its newline separately, so the other process may write in between.
+RANK_VAL_LOSS = re.compile(r"rank (\d+): val loss (\d+\.\d+), over all 25 samples at once (\d+\.\d+)")
+
+
 def test_distributed_snippet_under_torchrun_counts_every_sample_once(tmp_path, monkeypatch, distributed_runner):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     completed = distributed_runner(SNIPPETS_DIR / "distributed.py", nproc=2)
     assert "rank 0 of 2: 6 train batches, 13 val samples" in completed.stdout
     assert "rank 1 of 2: 6 train batches, 12 val samples" in completed.stdout
-    assert "predictions: (25, 1), match the model: True" in completed.stdout
-    evaluated, direct = map(float, VAL_LOSS.search(completed.stdout).groups())
-    assert evaluated == pytest.approx(direct, rel=1e-5)
+    for rank in (0, 1):
+        assert f"rank {rank}: predictions: (25, 1), match the model: True" in completed.stdout
+    losses = {int(rank): (float(a), float(b)) for rank, a, b in RANK_VAL_LOSS.findall(completed.stdout)}
+    assert sorted(losses) == [0, 1], completed.stdout
+    for evaluated, direct in losses.values():
+        assert evaluated == pytest.approx(direct, rel=1e-5)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # one result, the same model on both processes
 
 
 def test_every_snippet_is_shown_in_the_docs():

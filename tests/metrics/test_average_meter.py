@@ -213,3 +213,151 @@ def test_multitask_state_dict_round_trip_recreates_nested_meters() -> None:
     resumed.load_state_dict(meters.state_dict())
     assert resumed.average().dict() == meters.average().dict()
     assert isinstance(resumed["a.loss"], AverageMeter)
+
+
+def test_bat_is_the_batch_read() -> None:
+    meter = AverageMeter()
+    meter.update(0.2, 3)
+    meter.update(torch.tensor(0.6), 1)
+    assert meter.bat == meter.batch() == pytest.approx(0.6)
+    meters = AverageMeters()
+    meters.update(loss=(0.5, 2), acc=0.25)
+    meters.update(loss=1.5)
+    assert isinstance(meters.bat, FlatDict)
+    assert meters.bat.dict() == meters.batch().dict() == {"loss": 1.5, "acc": 0.25}
+
+
+def test_numpy_and_integer_values_are_numbers() -> None:
+    numpy = pytest.importorskip("numpy")
+    meter = AverageMeter()
+    meter.update(numpy.float32(0.5), 2)
+    meter.update(1, numpy.int64(2))
+    assert meter.avg == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "fragments"),
+    [
+        ("0.3", TypeError, ["str", "'0.3'"]),
+        (None, TypeError, ["NoneType", "None"]),
+        ([0.1, 0.2], TypeError, ["list", "[0.1, 0.2]"]),
+        (torch.tensor([0.1, 0.2]), ValueError, ["one value", "(2,)"]),
+    ],
+)
+def test_meter_rejects_values_that_are_not_one_number(value, error, fragments) -> None:
+    meter = AverageMeter()
+    meter.update(0.5)
+    with pytest.raises(error) as info:
+        meter.update(value)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    assert (meter.count, meter.sum) == (1, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("n", "error", "fragment"), [("4", TypeError, "'4'"), (None, TypeError, "None"), (-1, ValueError, "-1")]
+)
+def test_meter_rejects_a_bad_sample_count(n, error, fragment) -> None:
+    with pytest.raises(error, match=fragment):
+        AverageMeter().update(0.5, n)
+
+
+@pytest.mark.parametrize(
+    ("entry", "error", "fragments"),
+    [
+        ("high", TypeError, ["'acc'", "str 'high'"]),
+        (None, TypeError, ["'acc'", "None"]),
+        ((0.5, 2, 3), TypeError, ["'acc'", "pair", "3"]),
+        ((0.5, "2"), TypeError, ["'acc'", "n must be", "'2'"]),
+        (torch.ones(3), ValueError, ["'acc'", "(3,)"]),
+    ],
+)
+def test_meters_update_names_the_key_of_a_bad_value_and_changes_nothing(entry, error, fragments) -> None:
+    meters = AverageMeters()
+    meters.update(loss=1.0)
+    with pytest.raises(error) as info:
+        meters.update(loss=0.5, acc=entry)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    assert list(meters) == ["loss"], "no meter is created for a rejected value"
+    assert meters.count.dict() == {"loss": 1}, "no meter changes when one value is rejected"
+
+
+def test_multitask_meters_update_names_the_dotted_key_of_a_bad_value() -> None:
+    meters = MultiTaskAverageMeters()
+    with pytest.raises(TypeError, match="'task1.acc'"):
+        meters.update({"task1": {"loss": 0.5, "acc": "high"}})
+    assert meters.count.dict() == {}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: AverageMeters(loss=0.5),
+        lambda: AverageMeters({"loss": AverageMeter(), "acc": "0.9"}),
+        lambda: AverageMeters(loss={"value": 0.5}),
+    ],
+)
+def test_average_meters_reject_members_that_are_not_meters(build) -> None:
+    with pytest.raises(TypeError, match="AverageMeters holds AverageMeters"):
+        build()
+
+
+def test_average_meters_accept_meters_and_reject_assigned_values() -> None:
+    loss = AverageMeter()
+    meters = AverageMeters(loss=loss)
+    assert meters["loss"] is loss
+    with pytest.raises(TypeError, match="'acc'"):
+        meters["acc"] = 0.5
+    with pytest.raises(TypeError, match="'acc'"):
+        meters.acc = 0.5
+    assert list(meters) == ["loss"]
+
+
+def test_multitask_meters_reject_members_that_are_not_meters() -> None:
+    meters = MultiTaskAverageMeters({"task1": {"loss": AverageMeter()}})
+    assert isinstance(meters["task1.loss"], AverageMeter)
+    with pytest.raises(TypeError, match="'task1.loss'"):
+        MultiTaskAverageMeters({"task1": {"loss": 0.5}})
+    with pytest.raises(TypeError, match="'loss'"):
+        MultiTaskAverageMeters(loss="0.5")
+
+
+def test_multitask_meters_return_average_is_the_mean_over_tasks() -> None:
+    meters = MultiTaskAverageMeters(return_average=True)
+    meters.update({"a": {"loss": (0.5, 2), "acc": 0.75}, "b.loss": 0.25, "c": {"loss": 3.0}})
+    meters.update({"a.loss": (1.0, 2), "b.loss": 0.75})
+    # Written out: a.loss averages (0.5*2 + 1*2) / 4 = 0.75, b.loss (0.25 + 0.75) / 2 = 0.5, c.loss 3.
+    expected_average = {"loss": (0.75 + 0.5 + 3.0) / 3, "acc": 0.75}
+    expected_last = {"loss": (1.0 + 0.75 + 3.0) / 3, "acc": 0.75}
+    for read in (meters.average(), meters.avg):
+        assert list(read) == ["a", "b", "c", "average"]
+        assert read["average"].dict() == pytest.approx(expected_average)
+    for read in (meters.value(), meters.val, meters.batch(), meters.bat):
+        assert read["average"].dict() == pytest.approx(expected_last)
+    assert "average" not in meters.sum and "average" not in meters.count
+    assert "average" not in MultiTaskAverageMeters().value()
+
+
+def test_multitask_meters_average_leaves_out_nan_and_meters_outside_tasks() -> None:
+    meters = MultiTaskAverageMeters(return_average=True)
+    meters.update({"a.loss": 0.5, "b.loss": 1.5, "loss": 100.0})
+    meters["b.loss"].reset()
+    average = meters.average()
+    assert isnan(average["b.loss"])
+    assert average["average"].dict() == {"loss": 0.5}
+    meters["a.loss"].reset()
+    assert isnan(meters.average()["average.loss"])
+
+
+def test_multitask_meters_return_average_rejects_a_task_named_average() -> None:
+    meters = MultiTaskAverageMeters(return_average=True)
+    meters.update({"average.loss": 0.5, "b.loss": 1.0})
+    with pytest.raises(ValueError, match="'average'"):
+        meters.average()
+
+
+def test_multitask_meters_sub_collection_of_one_task_has_no_average() -> None:
+    meters = MultiTaskAverageMeters(return_average=True)
+    meters.update({"a.loss": 0.5, "b.loss": 1.5})
+    assert meters["a"].average().dict() == {"loss": 0.5}

@@ -58,6 +58,27 @@ def test_average_meter_reads_combine_processes(results, shards) -> None:
     for rank, result in enumerate(results):
         assert result["meter"]["average"] == pytest.approx(oracle.avg), rank
         assert result["meter"]["batch"] == pytest.approx(sum(last_losses) / 2), rank
+        assert result["meter"]["bat"] == result["meter"]["batch"], rank
+
+
+def test_multitask_meters_average_over_tasks_after_combining_processes(results, shards) -> None:
+    oracle = AverageMeter()
+    for shard in shards:
+        for loss, size in shard["loss"]:
+            oracle.update(loss, int(size))
+    sizes = [int(size) for _, size in shards[1]["loss"]]
+    last_losses = [float(shard["loss"][-1][0]) for shard in shards]
+    a_average, b_average = oracle.avg, sum(sizes) / len(sizes)
+    expected_average = {
+        "a": {"loss": a_average},
+        "b": {"loss": b_average},
+        "average": {"loss": (a_average + b_average) / 2},
+    }
+    a_batch, b_batch = sum(last_losses) / 2, sizes[-1]
+    expected_batch = {"a": {"loss": a_batch}, "b": {"loss": b_batch}, "average": {"loss": (a_batch + b_batch) / 2}}
+    for rank, result in enumerate(results):
+        assert_same(result["task_meters"]["average"], expected_average, f"rank{rank}.task_meters.average")
+        assert_same(result["task_meters"]["batch"], expected_batch, f"rank{rank}.task_meters.batch")
 
 
 def test_average_meters_combine_processes_including_a_meter_one_process_lacks(results, shards) -> None:
@@ -93,6 +114,7 @@ def test_multitask_metrics_gather_a_task_only_one_process_saw(results, shards) -
         "binary": union_metrics(binary_metrics(), shards[0]["binary"] + shards[1]["binary"]),
         "rare": union_metrics(binary_metrics(), shards[1]["binary"]),
     }
+    expected["average"] = {name: (expected["binary"][name] + expected["rare"][name]) / 2 for name in expected["binary"]}
     for rank, result in enumerate(results):
         assert_same(result["multitask"], expected, f"rank{rank}.multitask")
 

@@ -48,6 +48,14 @@ def assert_close(actual, expected, dtype: torch.dtype, name: str = "") -> None:
         assert actual == pytest.approx(expected, abs=tolerance(dtype)), name
 
 
+def assert_each_close(actual: torch.Tensor, expected, dtype: torch.dtype, name: str = "") -> None:
+    """One value per class, each equal to the oracle's for the same class (`nan` where the oracle has `nan`)."""
+    expected = np.asarray(expected, dtype=float)
+    assert tuple(actual.shape) == expected.shape, f"{name}: shape {tuple(actual.shape)}, expected {expected.shape}"
+    for index, (value, reference) in enumerate(zip(actual.tolist(), expected.tolist())):
+        assert_close(value, reference, dtype, f"{name}[{index}]")
+
+
 # Data: scores carry some signal so the metrics are not all near chance.
 
 
@@ -240,13 +248,41 @@ def test_multilabel_metrics_match_sklearn(n: int, kind: str, dtype: torch.dtype,
     assert_close(mcc(scores, target, **options), sk_mcc(y.ravel(), p.ravel()), dtype, "mcc")
 
 
-@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
-def test_average_none_gives_one_value_per_class(task: str) -> None:
-    data = multiclass_data if task == "multiclass" else multilabel_data
-    scores, target = data(200, "probabilities", torch.float64)
-    per_class = auroc(scores, target, task, average=None)
-    assert per_class.shape == (CLASSES,)
-    assert float(per_class.mean()) == pytest.approx(float(auroc(scores, target, task)))
+# average=None: each class (or label, or output) against the oracle's value for that same class, so values in the
+# wrong order fail as surely as wrong values.
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", SIZES)
+def test_multiclass_average_none_matches_sklearn_class_by_class(n: int, kind: str, dtype: torch.dtype) -> None:
+    scores, target = multiclass_data(n, kind, dtype)
+    y, s = target.numpy(), probabilities(scores, softmax=True)
+    onehot = label_binarize(y, classes=range(CLASSES))
+    p = scores.argmax(dim=1).numpy()
+    options = {"task": "multiclass", "num_classes": CLASSES, "average": None}
+    expected_auroc = [sk_auroc(onehot[:, c], s[:, c]) for c in range(CLASSES)]
+    assert_each_close(auroc(scores, target, **options), expected_auroc, dtype, "auroc")
+    expected_auprc = [sk_auprc(onehot[:, c], s[:, c]) for c in range(CLASSES)]
+    assert_each_close(auprc(scores, target, **options), expected_auprc, dtype, "auprc")
+    expected_f1 = quiet(sk.f1_score, y, p, labels=range(CLASSES), average=None, zero_division=np.nan)
+    assert_each_close(f1_score(scores, target, **options), expected_f1, dtype, "f1")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", SIZES)
+def test_multilabel_average_none_matches_sklearn_label_by_label(n: int, kind: str, dtype: torch.dtype) -> None:
+    scores, target = multilabel_data(n, kind, dtype)
+    y, s = target.numpy(), probabilities(scores)
+    p = (s >= 0.5).astype(int)
+    options = {"task": "multilabel", "num_labels": CLASSES, "average": None}
+    expected_auroc = [sk_auroc(y[:, c], s[:, c]) for c in range(CLASSES)]
+    assert_each_close(auroc(scores, target, **options), expected_auroc, dtype, "auroc")
+    expected_auprc = [sk_auprc(y[:, c], s[:, c]) for c in range(CLASSES)]
+    assert_each_close(auprc(scores, target, **options), expected_auprc, dtype, "auprc")
+    expected_f1 = quiet(sk.f1_score, y, p, average=None, zero_division=np.nan)
+    assert_each_close(f1_score(scores, target, **options), expected_f1, dtype, "f1")
 
 
 # Ignored targets
@@ -331,13 +367,22 @@ def test_regression_metrics_match_scipy_and_sklearn(n: int, outputs: int, kind: 
     assert_close(rmse(input, target), np.sqrt(sk.mean_squared_error(y, x)), dtype, "rmse")
 
 
-def test_regression_average_none_gives_one_value_per_output() -> None:
-    input, target = regression_data(100, 3, "random", torch.float64)
-    x, y = input.numpy(), target.numpy()
-    expected = sk.r2_score(y, x, multioutput="raw_values")
-    assert np.allclose(r2_score(input, target, average=None).numpy(), expected)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["random", "tied", "constant"])
+@pytest.mark.parametrize("n", SIZES)
+def test_regression_average_none_matches_scipy_and_sklearn_output_by_output(
+    n: int, kind: str, dtype: torch.dtype
+) -> None:
+    outputs = 4
+    input, target = regression_data(n, outputs, kind, dtype)
+    x, y = input.double().numpy(), target.double().numpy()
+    assert_each_close(pearson(input, target, average=None), scipy_columns(stats.pearsonr, x, y), dtype, "pearson")
+    assert_each_close(spearman(input, target, average=None), scipy_columns(stats.spearmanr, x, y), dtype, "spearman")
+    constant = [len(np.unique(y[:, d])) < 2 for d in range(outputs)]
+    expected_r2 = [np.nan if constant[d] else sk.r2_score(y[:, d], x[:, d]) for d in range(outputs)]
+    assert_each_close(r2_score(input, target, average=None), expected_r2, dtype, "r2")
     expected_rmse = np.sqrt(sk.mean_squared_error(y, x, multioutput="raw_values"))
-    assert np.allclose(rmse(input, target, average=None).numpy(), expected_rmse)
+    assert_each_close(rmse(input, target, average=None), expected_rmse, dtype, "rmse")
 
 
 # Undefined and invalid input

@@ -56,6 +56,7 @@ def test_update_stores_without_computing(monkeypatch: pytest.MonkeyPatch) -> Non
             metrics.update(input.requires_grad_(), target)
     assert metric.calls == 0
     assert not metrics.input.requires_grad
+    assert not metrics.inputs.requires_grad
 
 
 def test_value_is_last_batch_and_average_is_everything() -> None:
@@ -72,8 +73,38 @@ def test_value_is_last_batch_and_average_is_everything() -> None:
     assert average["auroc"] == pytest.approx(float(auroc(every_input, every_target)))
     assert average["acc"] == pytest.approx(float(accuracy(every_input, every_target)))
     assert all(isinstance(item, float) for item in average.values())
-    assert torch.equal(metrics.input, every_input)
-    assert torch.equal(metrics.target, every_target)
+
+
+def test_input_and_target_are_the_last_batch_inputs_and_targets_everything() -> None:
+    batches = binary_batches()
+    metrics = binary_metrics()
+    for input, target in batches:
+        metrics.update(input, target)
+    last_input, last_target = batches[-1]
+    assert torch.equal(metrics.input, last_input)
+    assert torch.equal(metrics.target, last_target)
+    # The last batch is the caller's storage, not a copy.
+    assert metrics.input.data_ptr() == last_input.data_ptr()
+    assert torch.equal(metrics.inputs, torch.cat([input for input, _ in batches]))
+    assert torch.equal(metrics.targets, torch.cat([target for _, target in batches]))
+    metrics.update(torch.tensor([0.5]), torch.tensor([1]))
+    assert metrics.input.tolist() == [0.5]
+    assert len(metrics.inputs) == sum(len(target) for _, target in batches) + 1
+    metrics.reset()
+    assert metrics.input is metrics.target is metrics.inputs is metrics.targets is None
+
+
+def test_val_and_avg_are_value_and_average() -> None:
+    batches = binary_batches()
+    metrics = Metrics(acc=accuracy, f1=f1_score)
+    for input, target in batches:
+        metrics.update(input, target)
+    every = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    assert isinstance(metrics.val, FlatDict) and isinstance(metrics.avg, FlatDict)
+    assert metrics.val.dict() == metrics.value().dict()
+    assert metrics.avg.dict() == metrics.average().dict()
+    assert metrics.val["acc"] == pytest.approx(float(accuracy(*batches[-1])))
+    assert metrics.avg["acc"] == pytest.approx(float(accuracy(*every)))
 
 
 def test_reading_compacts_storage_and_keeps_updating() -> None:
@@ -98,7 +129,7 @@ def test_reset_and_empty_metrics_are_nan() -> None:
     assert all(isnan(value) for value in metrics.average().values())
     metrics.update(*binary_batches()[0])
     metrics.reset()
-    assert metrics.input is None and metrics.target is None
+    assert metrics.inputs is None and metrics.targets is None
     assert all(isnan(value) for value in metrics.value().values())
 
 
@@ -191,6 +222,59 @@ def test_multitask_metrics_update_by_task_name() -> None:
     assert isnan(metrics.average()["spam.acc"])
 
 
+def test_multitask_metrics_return_average_is_the_mean_over_tasks() -> None:
+    batches_a, batches_b = binary_batches(sizes=(6, 5, 7), seed=1), binary_batches(sizes=(4, 9, 3), seed=2)
+    metrics = MultiTaskMetrics(a=Metrics(acc=accuracy, f1=f1_score), b=Metrics(acc=accuracy), return_average=True)
+    for (input_a, target_a), (input_b, target_b) in zip(batches_a, batches_b):
+        metrics.update({"a": input_a, "b": input_b}, {"a": target_a, "b": target_b})
+    every_a = torch.cat([b[0] for b in batches_a]), torch.cat([b[1] for b in batches_a])
+    every_b = torch.cat([b[0] for b in batches_b]), torch.cat([b[1] for b in batches_b])
+    acc_a, acc_b = float(accuracy(*every_a)), float(accuracy(*every_b))
+    assert acc_a != acc_b
+    average = metrics.average()
+    assert list(average) == ["a", "b", "average"]
+    # f1 is reported by task a only, so its mean is a's.
+    assert average["average"].dict() == {
+        "acc": pytest.approx((acc_a + acc_b) / 2),
+        "f1": pytest.approx(float(f1_score(*every_a))),
+    }
+    last_acc_a, last_acc_b = float(accuracy(*batches_a[-1])), float(accuracy(*batches_b[-1]))
+    assert metrics.value()["average.acc"] == pytest.approx((last_acc_a + last_acc_b) / 2)
+    assert metrics.avg.dict() == average.dict()
+    assert metrics.val.dict() == metrics.value().dict()
+    assert "average" not in MultiTaskMetrics(a=Metrics(acc=accuracy)).average()
+
+
+def test_multitask_metrics_average_leaves_out_tasks_without_data_and_lists() -> None:
+    metrics = MultiTaskMetrics(
+        a=Metrics(acc=accuracy),
+        b=Metrics(acc=accuracy),
+        c=multiclass_metrics(num_classes=3, average=None),
+        return_average=True,
+    )
+    metrics.update({"a": torch.tensor([0.9, 0.1])}, {"a": torch.tensor([1, 1])})
+    average = metrics.average()
+    assert isnan(average["b.acc"])
+    # b has no data: its nan is left out; c has none either, so its metrics average to nan.
+    assert average["average.acc"] == 0.5
+    assert all(isnan(average["average"][name]) for name in ("auroc", "auprc", "f1", "mcc"))
+    metrics.update({"c": torch.eye(3)}, {"c": torch.tensor([0, 1, 2])})
+    average = metrics.average()
+    assert average["c.f1"] == [1.0, 1.0, 1.0]
+    # c's scalar metrics join the mean; its per-class lists (auroc, auprc, f1) do not.
+    assert isinstance(average["c.auroc"], list)
+    assert average["average"].dict() == {"acc": pytest.approx(0.75), "mcc": 1.0}
+
+
+def test_multitask_metrics_return_average_rejects_a_task_named_average() -> None:
+    with pytest.raises(ValueError, match="'average'"):
+        MultiTaskMetrics(average=Metrics(acc=accuracy), b=Metrics(acc=accuracy), return_average=True)
+    metrics = MultiTaskMetrics({"average.x": Metrics(acc=accuracy)})
+    metrics.setattr("return_average", True)
+    with pytest.raises(ValueError, match="return_average"):
+        metrics.average()
+
+
 def test_metric_meter_weights_batches_by_size() -> None:
     batches = binary_batches()
     meter = MetricMeter(accuracy)
@@ -252,7 +336,7 @@ def test_metrics_state_dict_round_trip_resumes_the_epoch() -> None:
 def test_empty_metrics_state_dict_round_trip() -> None:
     resumed = binary_metrics()
     resumed.load_state_dict(binary_metrics().state_dict())
-    assert resumed.input is None
+    assert resumed.input is None and resumed.inputs is None
 
 
 def test_multitask_metrics_and_metric_meters_state_dict_round_trip() -> None:
@@ -269,3 +353,16 @@ def test_multitask_metrics_and_metric_meters_state_dict_round_trip() -> None:
     assert resumed_meters.average().dict() == meters.average().dict()
     with pytest.raises(KeyError, match="no meter"):
         resumed_meters.load_state_dict({"spam.f1": {"val": 1.0, "sum": 1.0, "count": 1}})
+
+
+def test_multitask_metric_meters_return_average_is_the_mean_over_tasks() -> None:
+    meters = MultiTaskMetricMeters(spam=MetricMeters(acc=accuracy), ham=MetricMeters(acc=accuracy), return_average=True)
+    meters.update(
+        {"spam": torch.tensor([0.9, 0.1, 0.8]), "ham": torch.tensor([0.2])},
+        {"spam": torch.tensor([1, 1, 1]), "ham": torch.tensor([1])},
+    )
+    assert meters.average().dict() == {
+        "spam": {"acc": pytest.approx(2 / 3)},
+        "ham": {"acc": 0.0},
+        "average": {"acc": pytest.approx(1 / 3)},
+    }

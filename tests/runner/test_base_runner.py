@@ -46,9 +46,27 @@ def test_set_seed_adds_bias_unless_bias_is_false(tmp_path):
     assert runner.set_seed(0, bias=False) == 0
 
 
-def test_set_seed_draws_and_stores_a_seed_when_none_is_given(tmp_path):
-    runner = dl.BaseRunner(dl.Config(project_root=str(tmp_path), log=False))
-    assert isinstance(runner.config.seed, int)
+def test_set_seed_draws_and_stores_a_seed_when_none_is_given_and_a_resumed_run_keeps_it(tmp_path):
+    first = dl.BaseRunner(dl.Config(project_root=str(tmp_path / "first"), log=False))
+    drawn = first.config.seed
+    # The stored seed is the one the generators were seeded with.
+    assert (random.random(), np.random.rand()) == (random.Random(drawn).random(), np.random.RandomState(drawn).rand())
+    second = dl.BaseRunner(dl.Config(project_root=str(tmp_path / "second"), log=False))
+    assert isinstance(drawn, int) and isinstance(second.config.seed, int)
+    assert drawn != second.config.seed  # two draws from 2**32 seeds coincide once in four billion runs
+    first.save_checkpoint()
+    path = os.path.join(first.checkpoint_dir, "latest.pth")
+    resumes = {
+        "from_checkpoint": lambda: dl.BaseRunner.from_checkpoint(path),
+        "config.checkpoint": lambda: dl.BaseRunner(
+            dl.Config(project_root=str(tmp_path / "first"), log=False, checkpoint=path)
+        ),
+    }
+    for how, resume in resumes.items():
+        runner = resume()
+        draws = (random.random(), np.random.rand())
+        assert runner.config.seed == drawn, how
+        assert draws == (random.Random(drawn).random(), np.random.RandomState(drawn).rand()), how
 
 
 def test_invalid_seed_is_rejected_with_its_value(tmp_path):

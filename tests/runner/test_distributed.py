@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -45,10 +46,15 @@ def test_logged_training_loss_is_the_mean_over_ranks(two_ranks):
 
 
 def test_only_rank_zero_writes_files(two_ranks):
-    (rank0, rank1), _ = two_ranks
-    assert rank1["writes"] == []
-    assert any("latest.pth" in write for write in rank0["writes"])
-    assert Path(rank0["dir"], "checkpoints", "latest.pth").is_file()
+    (rank0, rank1), output = two_ranks
+    assert rank1["writes"] == [], "rank 1 changed the filesystem under the project root"
+    # Every file and directory under the project root was created by rank 0 (under its final name), so nothing
+    # there comes from a write the audit of rank 1 could have missed.
+    made_by_rank0 = {path for event, path in rank0["writes"] if event in ("open", "os.mkdir", "os.rename", "os.link")}
+    on_disk = {os.path.abspath(path) for path in (output / "experiments").rglob("*")}
+    latest = os.path.join(rank0["dir"], "checkpoints", "latest.pth")
+    assert latest in on_disk, sorted(on_disk)
+    assert sorted(on_disk - made_by_rank0) == []
 
 
 def test_evaluation_counts_every_sample_once(two_ranks, tmp_path):

@@ -224,18 +224,49 @@ def test_max_grad_norm_clips_the_update(tmp_path):
     assert runner.model.weight.abs().item() == pytest.approx(0.5, rel=1e-5)
 
 
-def test_ema_model_is_updated_and_used_for_evaluation(tmp_path):
+def test_ema_follows_every_optimizer_step_and_is_what_evaluation_scores(tmp_path):
+    decay = 0.9
+
     class EMARunner(RegressionRunner):
         def __init__(self, config):
             super().__init__(config)
             self.ema = torch.optim.swa_utils.AveragedModel(
-                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9)
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
             )
 
-    runner = EMARunner(make_config(tmp_path, epoch_end=2, val_samples=16))
+    # 64 samples in batches of 8: 8 optimizer steps per epoch, then an evaluation of 16 samples.
+    runner = EMARunner(make_config(tmp_path, epoch_end=2, samples=64, val_samples=16))
+    weights_after_each_step = []
+    runner.optimizer.register_step_post_hook(
+        lambda optimizer, args, kwargs: weights_after_each_step.append(
+            {name: value.detach().clone() for name, value in runner.model.named_parameters()}
+        )
+    )
     runner.train()
-    assert not torch.equal(runner.ema.module.weight, runner.model.weight)
-    assert runner.evaluation_model() is runner.ema.module or runner.evaluation_model() is runner.ema
+    assert len(weights_after_each_step) == 16
+
+    # The oracle: the first update copies the weights; each later one moves the average 1 - decay of the way to them.
+    def ema_after(steps):
+        average = dict(weights_after_each_step[0])
+        for weights in weights_after_each_step[1:steps]:
+            average = {name: decay * average[name] + (1 - decay) * weights[name] for name in average}
+        model = nn.Linear(4, 1)
+        model.load_state_dict(average)
+        return model
+
+    def val_loss(model):
+        inputs, targets = runner.datasets.val.tensors
+        with torch.no_grad():
+            return nn.functional.mse_loss(model(inputs), targets).item()
+
+    assert runner.results[0]["val"]["loss"] == pytest.approx(val_loss(ema_after(8)), rel=1e-5)
+    final = ema_after(16)
+    assert runner.results[1]["val"]["loss"] == pytest.approx(val_loss(final), rel=1e-5)
+    for name, value in final.named_parameters():
+        torch.testing.assert_close(getattr(runner.ema.module, name), value, rtol=1e-5, atol=1e-6)
+    # The EMA lags the model, so scoring the model instead would give another number.
+    assert val_loss(runner.model) != pytest.approx(val_loss(final), rel=1e-2)
+    assert runner.evaluation_model() in (runner.ema, runner.ema.module)
 
 
 def test_tensorboard_writes_train_steps_and_epoch_results(tmp_path):
@@ -289,29 +320,64 @@ def test_progress_bars_only_on_a_terminal_and_when_enabled(tmp_path, monkeypatch
 
 
 class RandomDataset(torch.utils.data.Dataset):
-    """Each sample is a draw from Python's and NumPy's global generators in the process that loads it."""
+    """Each sample is a draw from Python's, NumPy's and torch's global generators in the process that loads it."""
 
     def __len__(self):
-        return 8
+        return 16
 
     def __getitem__(self, index):
         import random
 
         import numpy as np
 
-        return torch.tensor([random.random(), float(np.random.rand())]), torch.zeros(1)
+        return torch.tensor([random.random(), float(np.random.rand()), float(torch.rand(()))]), torch.zeros(1)
 
 
-def test_dataloader_workers_are_seeded_reproducibly(tmp_path):
-    draws = []
-    for name in ("a", "b"):
-        config = make_config(tmp_path / name, dataloader={"batch_size": 2, "num_workers": 2})
-        runner = dl.TorchRunner(config)
-        runner.datasets.train = RandomDataset()
-        runner.build_dataloaders()
-        draws.append(torch.cat([x for x, _ in runner.dataloaders.train]))
-    assert torch.equal(draws[0], draws[1])
-    assert len(set(draws[0][:, 0].tolist())) == 8  # workers do not repeat each other's draws
+class WorkerDrawsRunner(dl.TorchRunner):
+    """Trains with lr 0 on RandomDataset; `config.width` sizes the model, so its initialisation draws more or less."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        width = self.config.get("width") or 4
+        self.model = nn.Sequential(nn.Linear(3, width), nn.Linear(width, 1))
+        self.criterion = nn.MSELoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0)
+        self.datasets.train = RandomDataset()
+
+
+def worker_draws(root, seed, epoch_end=2, **kwargs) -> dict[int, torch.Tensor]:
+    """The samples drawn in the workers, in the order trained on, by epoch."""
+    config = make_config(root, seed=seed, epoch_end=epoch_end, dataloader={"batch_size": 2, "num_workers": 2}, **kwargs)
+    runner = WorkerDrawsRunner(config)
+    draws: dict[int, list[torch.Tensor]] = {}
+    runner.model.register_forward_pre_hook(
+        lambda module, args: draws.setdefault(runner.config.epochs, []).append(args[0].clone())
+    )
+    runner.train(evaluate_splits=[])
+    return {epoch: torch.cat(batches) for epoch, batches in draws.items()}
+
+
+def test_draws_in_dataloader_workers_follow_the_seed_alone(tmp_path):
+    reference = worker_draws(tmp_path / "reference", seed=5)
+    assert sorted(reference) == [0, 1] and reference[0].shape == (16, 3)
+    for generator in range(3):  # random, numpy and torch: no draw repeats, across workers or epochs
+        assert len(set(torch.cat([reference[0], reference[1]])[:, generator].tolist())) == 32
+    # The same seed with a wider model, whose initialisation draws more from the main process's generators.
+    wider = worker_draws(tmp_path / "wider", seed=5, width=64)
+    for epoch in (0, 1):
+        assert torch.equal(wider[epoch], reference[epoch])
+    other = worker_draws(tmp_path / "other", seed=6)
+    assert not torch.isin(other[0], reference[0]).any()
+
+
+def test_draws_in_dataloader_workers_repeat_after_a_resume(tmp_path):
+    uninterrupted = worker_draws(tmp_path / "uninterrupted", seed=5)
+    first = worker_draws(tmp_path / "resumed", seed=5, epoch_end=1)
+    checkpoint = next((tmp_path / "resumed").rglob("latest.pth"))
+    resumed = worker_draws(tmp_path / "resumed", seed=5, checkpoint=str(checkpoint))
+    assert sorted(resumed) == [1]
+    assert torch.equal(first[0], uninterrupted[0])
+    assert torch.equal(resumed[1], uninterrupted[1])
 
 
 def test_train_without_an_optimizer_says_what_to_assign(tmp_path):

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +24,18 @@ import torch
 import danling.utils.io as io_module
 from danling.utils.io import atomic_copy, atomic_write, is_json_serializable, load, save
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
+
 # The directory `danling` was imported from, so a child process imports the same package.
 PACKAGE_ROOT = Path(io_module.__file__).parents[2]
+
+# Pickling a lambda fails with one of these, depending on the Python version.
+PICKLING_ERRORS = (pickle.PicklingError, AttributeError)
+
+NOBODY = 65534  # the conventional uid and gid of `nobody`
 
 
 class Colour(enum.Enum):
@@ -47,6 +62,62 @@ class ExplodingPickle:
 
 def listing(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
+
+
+@contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Inside the block, a write that would take a file past `limit` bytes fails with `EFBIG` ("File too large").
+
+    SIGXFSZ, which the kernel sends to such a writer and which kills it by default, is ignored meanwhile; both the
+    limit and the handler are restored on the way out.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def outcome_without_privileges(function: Callable[[], object]) -> tuple[str, str] | None:
+    """What `function()` raises, as `(type name, message)` (`None` if nothing), run by a user without privileges.
+
+    Permission bits do not bind root, so as root `function` runs in a forked child that first becomes `nobody`;
+    otherwise it runs here.
+    """
+    if os.geteuid() != 0:
+        try:
+            function()
+        except Exception as error:
+            return type(error).__name__, str(error)
+        return None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports through the pipe and never returns into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                function()
+                outcome = None
+            except Exception as error:
+                outcome = (type(error).__name__, str(error))
+            with os.fdopen(write_end, "wb") as pipe:
+                pickle.dump(outcome, pipe)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and report, f"the child running as nobody failed before reporting (status {status})"
+    return pickle.loads(report)
 
 
 def nested_payload() -> dict:
@@ -241,8 +312,9 @@ def test_json_save_failing_mid_serialization_keeps_the_previous_file_and_no_temp
     save({"epoch": 1}, path)
     before = path.read_bytes()
     # The first keys serialise (and are written) before the set makes json.dump raise.
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="not JSON serializable") as info:
         save({"epoch": 2, "long": "x" * 100_000, "bad": {1, 2}}, path)
+    assert str(path) in str(info.value)
     assert path.read_bytes() == before
     assert load(path) == {"epoch": 1}
     assert listing(tmp_path) == ["result.json"]
@@ -252,10 +324,29 @@ def test_torch_save_failing_mid_pickle_keeps_the_previous_file_and_no_temporary(
     path = tmp_path / "model.pth"
     save({"weight": torch.zeros(4)}, path)
     before = path.read_bytes()
-    with pytest.raises(RuntimeError, match="cannot pickle this"):
+    with pytest.raises(RuntimeError, match="cannot pickle this") as info:
         save({"weight": torch.ones(1_000_000), "extra": ExplodingPickle()}, path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)  # the original error, with its traceback, is chained
     assert path.read_bytes() == before
     assert torch.equal(load(path)["weight"], torch.zeros(4))
+    assert listing(tmp_path) == ["model.pth"]
+
+
+@pytest.mark.skipif(resource is None or not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE and SIGXFSZ")
+@pytest.mark.parametrize("spare", [False, True])
+def test_torch_save_past_the_file_size_limit_names_the_path_and_keeps_the_previous_file(tmp_path, spare):
+    path = tmp_path / "model.pth"
+    save({"weight": torch.zeros(4)}, path, spare=spare)
+    save({"weight": torch.zeros(8)}, path, spare=spare)  # with `spare`, the next write goes into the replaced file
+    before = path.read_bytes()
+    # torch.save meets "File too large" part-way through its 4 MiB and reports a failure of its own.
+    with file_size_limit(64 << 10), pytest.raises(OSError) as info:
+        save({"weight": torch.ones(1 << 20)}, path, spare=spare)
+    assert info.value.errno == errno.EFBIG
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == before
+    assert torch.equal(load(path)["weight"], torch.zeros(8))
     assert listing(tmp_path) == ["model.pth"]
 
 
@@ -302,19 +393,31 @@ def test_save_where_the_parent_is_a_regular_file_raises_os_error_naming_the_path
     assert blocker.read_text() == "not a directory"
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions and a non-root user")
-def test_save_into_a_read_only_directory_raises_os_error_naming_the_path(tmp_path):
-    directory = tmp_path / "locked"
-    directory.mkdir()
-    path = directory / "result.json"
-    directory.chmod(0o500)
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX permissions")
+def test_save_into_a_read_only_directory_raises_permission_error_naming_the_path(tmp_path):
+    # As root the save runs as `nobody`, who cannot reach into tmp_path's private parents: a fresh directory.
+    base = Path(tempfile.mkdtemp()) if os.geteuid() == 0 else tmp_path
+    writable, locked = base / "open", base / "locked"
     try:
-        with pytest.raises(PermissionError) as info:
-            save({"a": 1}, path)
-        assert str(path) in str(info.value)
+        for directory, mode in ((base, 0o755), (writable, 0o777), (locked, 0o555)):
+            directory.mkdir(exist_ok=True)
+            directory.chmod(mode)
+
+        def save_both() -> None:
+            save({"a": 1}, writable / "result.json")  # succeeds: only the locked directory's mode stops the next
+            save({"a": 2}, locked / "result.json")
+
+        outcome = outcome_without_privileges(save_both)
+        assert outcome is not None, "the save into the read-only directory succeeded"
+        kind, message = outcome
+        assert kind == "PermissionError", message
+        assert str(locked / "result.json") in message
+        assert load(writable / "result.json") == {"a": 1}
+        assert listing(locked) == []
     finally:
-        directory.chmod(0o700)
-    assert listing(directory) == []
+        locked.chmod(0o755)
+        if base != tmp_path:
+            shutil.rmtree(base)
 
 
 def test_save_over_a_directory_raises_os_error_naming_the_path_and_leaves_no_temporary(tmp_path):
@@ -357,9 +460,11 @@ def test_atomic_copy_onto_a_link_to_the_same_file_leaves_no_temporary(tmp_path):
     assert listing(tmp_path) == ["best.json", "latest.json"]
 
 
-def test_atomic_copy_of_a_missing_source_raises_and_creates_nothing(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        atomic_copy(tmp_path / "absent.json", tmp_path / "copy.json")
+def test_atomic_copy_of_a_missing_source_raises_naming_both_paths_and_creates_nothing(tmp_path):
+    source, destination = tmp_path / "absent.json", tmp_path / "copy.json"
+    with pytest.raises(FileNotFoundError) as info:
+        atomic_copy(source, destination)
+    assert str(source) in str(info.value) and str(destination) in str(info.value)
     assert listing(tmp_path) == []
 
 
@@ -460,6 +565,8 @@ def test_failed_spare_write_keeps_the_previous_file(tmp_path):
     path = tmp_path / "latest.pth"
     save({"w": torch.ones(10)}, path, spare=True)
     save({"w": torch.ones(10) * 2}, path, spare=True)
-    with pytest.raises(Exception):  # noqa: B017 - the pickling error type varies across Python versions
+    with pytest.raises(PICKLING_ERRORS) as info:
         save({"w": lambda: None}, path, spare=True)
+    assert str(path) in str(info.value)
     assert torch.equal(load(path)["w"], torch.ones(10) * 2)
+    assert listing(tmp_path) == ["latest.pth"]  # the spare written into is gone with the failed write

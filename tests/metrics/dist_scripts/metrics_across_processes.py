@@ -17,6 +17,7 @@ from danling.metrics import (
     AverageMeter,
     AverageMeters,
     MetricMeters,
+    MultiTaskAverageMeters,
     MultiTaskMetrics,
     accuracy,
     binary_metrics,
@@ -68,13 +69,16 @@ def run(rank: int) -> dict[str, Any]:
     """Feed this rank's shard and read every meter and metric (collectively when distributed)."""
     batches = make_batches(rank)
     meter, meters = AverageMeter(), AverageMeters()
+    task_meters = MultiTaskAverageMeters(return_average=True)
     for loss, size in batches["loss"]:
         meter.update(loss, int(size))
         meters.update(loss=(loss, int(size)))
+        task_meters.update({"a.loss": (loss, int(size))})
         if rank == 1:
             meters.update(aux=float(size))  # a meter that only one process holds
+            task_meters.update({"b": {"loss": float(size)}})  # a task that only one process holds
     metrics = build_metrics()
-    multitask = MultiTaskMetrics(binary=binary_metrics(), rare=binary_metrics())
+    multitask = MultiTaskMetrics(binary=binary_metrics(), rare=binary_metrics(), return_average=True)
     metric_meters = MetricMeters(acc=accuracy)
     for task, task_metrics in metrics.items():
         for input, target in batches[task]:
@@ -85,7 +89,8 @@ def run(rank: int) -> dict[str, Any]:
         if rank == 1:
             multitask.update({"rare": input}, {"rare": target})  # a task that only one process sees
     return {
-        "meter": {"batch": meter.batch(), "average": meter.average()},
+        "meter": {"batch": meter.batch(), "bat": meter.bat, "average": meter.average()},
+        "task_meters": {"batch": task_meters.bat.dict(), "average": task_meters.average().dict()},
         "meters": {"batch": meters.batch().dict(), "average": meters.average().dict()},
         "metrics": {task: {"value": m.value().dict(), "average": m.average().dict()} for task, m in metrics.items()},
         "multitask": multitask.average().dict(),

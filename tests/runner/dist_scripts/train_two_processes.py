@@ -16,19 +16,47 @@ from toys import ClassificationRunner, make_config
 
 output_dir, project_root = sys.argv[1], os.path.abspath(sys.argv[2])
 
-# Every filesystem write this process attempts under the project root, observed through Python's audit hooks.
-writes: list[str] = []
+# Every change this process makes to the filesystem under the project root, observed through Python's audit hooks.
+writes: list[tuple[str, str]] = []
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+# The audit events that change the filesystem besides `open`, and the positions of the paths each one changes.
+CHANGING_EVENTS = {
+    "os.mkdir": (0,),
+    "os.rmdir": (0,),
+    "os.remove": (0,),
+    "os.rename": (0, 1),
+    "os.link": (1,),
+    "os.symlink": (1,),
+    "os.truncate": (0,),
+    "os.chmod": (0,),
+}
 
 
 def audit(event: str, args: tuple) -> None:
-    if event in ("open", "tempfile.mkstemp", "os.mkdir", "os.rename", "os.link", "os.remove"):
-        path = args[0]
-        inside = isinstance(path, (str, bytes, os.PathLike)) and os.fsdecode(path).startswith(project_root)
-        if inside and (event != "open" or any(flag in str(args[1]) for flag in "wax+")):
-            writes.append(f"{event}:{os.fsdecode(path)}")
+    if event == "open":  # builtin open and os.open alike: (path, mode or None, flags)
+        positions = (0,) if args[2] & WRITE_FLAGS else ()
+    else:
+        positions = CHANGING_EVENTS.get(event, ())
+    for position in positions:
+        path = args[position]
+        if isinstance(path, (str, bytes, os.PathLike)):  # not a file descriptor, opened (and recorded) before
+            path = os.path.abspath(os.fsdecode(path))
+            if path == project_root or path.startswith(project_root + os.sep):
+                writes.append((event, path))
 
 
 sys.addaudithook(audit)
+
+# torch.save to a path writes from C++ and raises no audit event: announce the open it makes.
+_open_path_writer = torch.serialization._open_zipfile_writer_file.__init__
+
+
+def _announced_open_path_writer(self, name):
+    sys.audit("open", name, "wb", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    _open_path_writer(self, name)
+
+
+torch.serialization._open_zipfile_writer_file.__init__ = _announced_open_path_writer
 
 # No seed: rank 0 draws one and every rank must receive it.
 config = make_config(
