@@ -1,0 +1,129 @@
+"""Dataloaders built from datasets, and batches taken apart: the data part of `TorchRunner`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..utils.seed import seed_everything
+from .parts import RunnerParts
+from .samplers import EvaluationSampler, TrainingSampler
+
+__all__ = ["DataMixin", "seed_worker", "to_device"]
+
+# Keys of `config.dataloader` that are DataLoader arguments, not per-split sections.
+_LOADER_DEFAULTS = {"batch_size": 1, "num_workers": 0, "drop_last": False}
+
+
+class DataMixin(RunnerParts):
+    """Splits, dataloaders and batches; part of [`TorchRunner`][danling.TorchRunner]."""
+
+    @property
+    def train_splits(self) -> list[str]:
+        """Splits trained on: `config.train_splits`, else the datasets/dataloaders named `train*`."""
+        configured = self.config.get("train_splits")
+        if configured is not None:
+            return list(configured)
+        return [split for split in self._splits() if split.startswith("train")]
+
+    @property
+    def evaluate_splits(self) -> list[str]:
+        """Splits evaluated each epoch: `config.evaluate_splits`, else every split that is not trained on."""
+        configured = self.config.get("evaluate_splits")
+        if configured is not None:
+            return list(configured)
+        train_splits = set(self.train_splits)
+        return [split for split in self._splits() if split not in train_splits]
+
+    def _splits(self) -> list[str]:
+        return list(dict.fromkeys([*self.datasets.keys(), *self.dataloaders.keys()]))
+
+    def dataloader_options(self, split: str) -> dict[str, Any]:
+        """DataLoader arguments for `split`: `config.dataloader`, overridden by `config.dataloader.<split>`."""
+        # Not config.get("dataloader", {}): reading a missing section through chanfig may create it.
+        section = self.config["dataloader"] if "dataloader" in self.config else {}  # noqa: SIM401
+        options = dict(_LOADER_DEFAULTS)
+        options.update({key: value for key, value in section.items() if not isinstance(value, Mapping)})
+        if isinstance(section.get(split) if hasattr(section, "get") else None, Mapping):
+            options.update(section[split])
+        return options
+
+    def build_dataloaders(self) -> None:
+        """Build a DataLoader for every dataset that has none.
+
+        Training splits are shuffled (an order fixed by seed and epoch), padded to equal length across processes;
+        other splits keep dataset order, are split across processes without duplicates, and never drop samples.
+        """
+        train_splits = set(self.train_splits)
+        for split, dataset in self.datasets.items():
+            if split in self.dataloaders:
+                continue
+            options = self.dataloader_options(split)
+            training = split in train_splits
+            shuffle = options.pop("shuffle", training)
+            drop_last = bool(options.pop("drop_last", False)) and training
+            if training:
+                sampler: Any = TrainingSampler(
+                    len(dataset),
+                    shuffle=shuffle,
+                    seed=self.config.seed or 0,
+                    rank=self.rank,
+                    world_size=self.world_size,
+                    drop_last=drop_last,
+                )
+            else:
+                sampler = EvaluationSampler(len(dataset), self.rank, self.world_size)
+            options.setdefault("pin_memory", self.device.type == "cuda")
+            if options.get("num_workers", 0) > 0:
+                options.setdefault("worker_init_fn", seed_worker)
+            # A loader of its own: iterating a DataLoader draws a seed for its workers, and drawing it from the
+            # global generator would shift every later random number (dropout, augmentation) after a resume.
+            generator = torch.Generator()
+            generator.manual_seed((self.config.seed or 0) + self.rank)
+            options.setdefault("generator", generator)
+            self.datasamplers[split] = sampler
+            self.dataloaders[split] = DataLoader(dataset, sampler=sampler, drop_last=drop_last, **options)
+
+    def unpack_batch(self, batch: Any) -> tuple[Any, Any]:
+        """Split a batch into `(input, target)` on `device`; `target` is `None` when the batch has none.
+
+        A mapping gives its `input` and `target`; a pair gives both; a 1-tuple or 1-list (what a
+        `DataLoader(TensorDataset(x))` yields) is the input alone; anything else is the input.
+        """
+        device = self.device
+        if isinstance(batch, Mapping):
+            if "input" not in batch:
+                raise ValueError(f"a mapping batch needs an 'input' key; it has {list(batch.keys())}")
+            return to_device(batch["input"], device), to_device(batch.get("target"), device)
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            return to_device(batch[0], device), to_device(batch[1], device)
+        if isinstance(batch, (tuple, list)) and len(batch) == 1:
+            return to_device(batch[0], device), None
+        return to_device(batch, device), None
+
+    @staticmethod
+    def forward(model: Any, input: Any) -> Any:
+        """Call `model` on `input`, as keyword arguments when `input` is a mapping."""
+        if isinstance(input, Mapping):
+            return model(**input)
+        return model(input)
+
+
+def to_device(data: Any, device: torch.device) -> Any:
+    """Move tensors in `data` (nested in mappings, lists and tuples) to `device`."""
+    if isinstance(data, torch.Tensor):
+        # Comparing devices is cheaper than a no-op `.to()`, and this runs on every batch.
+        return data if data.device == device else data.to(device, non_blocking=True)
+    if isinstance(data, Mapping):
+        return {key: to_device(value, device) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(to_device(value, device) for value in data)
+    return data
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed Python and NumPy in a DataLoader worker from the seed torch gave it."""
+    seed_everything(torch.initial_seed() % 2**32, torch=False)

@@ -1,0 +1,150 @@
+"""Evaluation and inference, and the meters and metrics every loop updates: part of `TorchRunner`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from chanfig import NestedDict
+from torch import nn
+
+from ..metrics import Metrics, MultiTaskMetrics
+from ..utils import distributed as du
+from .config import interval
+from .meta import RunnerMode
+from .parts import RunnerParts
+
+__all__ = ["EvaluationLoop"]
+
+
+class EvaluationLoop(RunnerParts):
+    """`evaluate`, `evaluate_epoch`, `evaluate_step`, `infer` and the measures; part of `TorchRunner`."""
+
+    def evaluate(self, splits: Iterable[str] | None = None) -> NestedDict:
+        """Evaluate every split in `splits` (default: `evaluate_splits`); returns `{split: result}`."""
+        splits = list(splits) if splits is not None else self.evaluate_splits
+        result = NestedDict()
+        for split in splits:
+            result[split] = self.evaluate_epoch(split)
+        print(self.format_result(result))
+        return result
+
+    @torch.no_grad()
+    def evaluate_epoch(self, split: str = "val") -> NestedDict:
+        """One pass over `split` without autograd, the model (or EMA) in eval mode; returns the epoch result.
+
+        Every sample counts once, whatever the number of processes.
+        """
+        if split not in self.dataloaders:
+            raise ValueError(f"no dataloader for split {split!r}; there are: {list(self.dataloaders.keys())}")
+        loader = self.dataloaders[split]
+        self.mode = RunnerMode.eval
+        self.split = split
+        model = self.evaluation_model()
+        model.eval()
+        self._reset_measures()
+        length = len(loader)
+        log_interval = interval(self.config.log_interval)
+        for iteration, batch in enumerate(self._progress_bar(loader, split)):
+            self.evaluate_step(batch, model)
+            if log_interval and (iteration % log_interval == 0 or iteration == length - 1):
+                self.step_log(split, iteration, length - 1)
+        return self.get_epoch_result()
+
+    def evaluate_step(self, batch: Any, model: nn.Module | None = None) -> torch.Tensor | None:
+        """Forward (and loss, if there is a criterion) on one batch; updates meters and metrics."""
+        model = model if model is not None else self.evaluation_model()
+        input, target = self.unpack_batch(batch)
+        with self.autocast():
+            pred = self.forward(model, input)
+            loss = self.criterion(pred, target) if self.criterion is not None and target is not None else None
+        self._update_measures(pred, target, loss)
+        return loss
+
+    def evaluation_model(self) -> nn.Module:
+        """The EMA model if there is one, else the model, unwrapped.
+
+        Unwrapped because DDP's forward may broadcast buffers, a collective that would hang when processes
+        evaluate different numbers of batches.
+        """
+        if self.model is None:
+            raise ValueError("there is no model to evaluate: assign self.model in your runner's __init__")
+        return self.unwrap(self.ema if self.ema is not None else self.model)
+
+    @torch.no_grad()
+    def infer(self, split: str = "inf") -> Any:
+        """Predictions of the model (or EMA) on every sample of `split`, in dataset order, on every process.
+
+        Tensor outputs are concatenated along the batch dimension (and gathered across processes); other outputs
+        are returned as a list.
+        """
+        if split not in self.dataloaders:
+            raise ValueError(f"no dataloader for split {split!r}; there are: {list(self.dataloaders.keys())}")
+        self.mode = RunnerMode.inf
+        self.split = split
+        model = self.evaluation_model()
+        model.eval()
+        outputs = []
+        for batch in self._progress_bar(self.dataloaders[split], split):
+            input, _ = self.unpack_batch(batch)
+            with self.autocast():
+                outputs.append(self.forward(model, input))
+        if outputs and all(isinstance(output, torch.Tensor) for output in outputs):
+            return du.gather_tensor(torch.cat(outputs))
+        gathered = du.all_gather_object(outputs)
+        return [output for chunk in gathered for output in chunk]
+
+    def _reset_measures(self) -> None:
+        self.meters.reset()
+        metrics = self.current_metrics
+        if metrics is not None:
+            metrics.reset()
+
+    def _update_measures(self, pred: Any, target: Any, loss: torch.Tensor | None) -> None:
+        if loss is not None:
+            self.meters.update(loss=(loss.detach(), _batch_length(target, pred)))
+        metrics = self.current_metrics
+        if metrics is not None and target is not None:
+            metrics.update(_detach(pred), target)
+
+    def get_step_result(self) -> NestedDict:
+        """Meters' last values (the mean over processes when training) merged with the metrics on the last batch.
+
+        Evaluation logs local values only: processes may evaluate different numbers of batches, so a collective
+        there could hang.
+        """
+        from .results import merge_metric_result
+
+        training = self._mode is RunnerMode.train
+        result = NestedDict(self.meters.batch() if training else self.meters.value())
+        metrics = self.current_metrics
+        if metrics is None:
+            return result
+        local = not training and isinstance(metrics, (Metrics, MultiTaskMetrics))
+        return merge_metric_result(result, metrics.value(sync=False) if local else metrics.value())
+
+    def _progress_bar(self, loader: Iterable, split: str) -> Iterable:
+        if not (self.config.progress and self.is_main_process and sys.stdout.isatty()):
+            return loader
+        from tqdm.auto import tqdm
+
+        return tqdm(loader, desc=f"{self.mode} {split}", leave=False, dynamic_ncols=True)
+
+
+def _batch_length(target: Any, pred: Any) -> int:
+    for value in (target, pred):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+        if isinstance(value, (list, tuple)) and value:
+            return len(value)
+    return 1
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, Mapping):
+        return {key: _detach(item) for key, item in value.items()}
+    return value

@@ -1,0 +1,288 @@
+"""The training loop, written once for every backend: epochs, accumulation windows, logging, preemption, resume."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from warnings import warn
+
+import torch
+from chanfig import NestedDict
+
+from ..utils import distributed as du
+from .config import interval
+from .meta import RunnerMode
+from .parts import RunnerParts
+from .preemption import Preempted, PreemptionWatcher
+from .samplers import TrainingSampler
+
+__all__ = ["TrainingLoop"]
+
+
+class TrainingLoop(RunnerParts):
+    """`train`, `train_epoch`, `train_step`, `advance` and `step`; part of [`TorchRunner`][danling.TorchRunner].
+
+    The loop never asks which backend runs it: the backend supplies `backward`, `clip_gradients`,
+    `optimizer_step`, `update_ema`, `accumulate` and `autocast`.
+    """
+
+    # Position of the current micro-batch within its epoch, set by `train_epoch`, so accumulation windows close
+    # at the epoch's end: a checkpoint taken between epochs then never holds half-accumulated gradients.
+    _epoch_iteration: int | None = None
+    _epoch_length: int | None = None
+    _preemption: PreemptionWatcher | None = None
+    _agreed_signal: int | None = None
+    # The epoch's result so far, and where inside the epoch a checkpoint being written was taken.
+    _epoch_result: NestedDict | None = None
+
+    def train(
+        self, train_splits: Sequence[str] | None = None, evaluate_splits: Sequence[str] | None = None
+    ) -> NestedDict:
+        """Train from `epoch_begin` to `epoch_end`, evaluating after every epoch.
+
+        Each epoch's result `{split: {metric: value}}` is appended to `results`, printed, saved to the run
+        directory and written to TensorBoard; a checkpoint is saved (`latest`, and `best` when best, unless
+        `config.save_checkpoints` is off). Training stops early after `config.patience` epochs without a new
+        best score, or when `iter_end`/`step_end` is reached.
+
+        Returns:
+            `results`.
+        """
+        train_splits = list(train_splits) if train_splits is not None else self.train_splits
+        evaluate_splits = list(evaluate_splits) if evaluate_splits is not None else self.evaluate_splits
+        if not train_splits:
+            raise ValueError(
+                f"nothing to train on: no split named train*, and train_splits is empty; splits: {self._splits()}"
+            )
+        missing = [split for split in [*train_splits, *evaluate_splits] if split not in self.dataloaders]
+        if missing:
+            raise ValueError(f"no dataloader for split(s) {missing}; there are: {list(self.dataloaders.keys())}")
+        if self.config.epoch_end is None:
+            raise ValueError("train needs config.epoch_end, which is not set")
+        unset = [name for name in ("model", "criterion", "optimizer") if getattr(self, name) is None]
+        if unset:
+            raise ValueError(f"train needs {', '.join(unset)}: assign self.{unset[0]} in your runner's __init__")
+        patience = self.config.get("patience")
+        self.write_config_file()
+        self.write_run_state("running")
+        end_state = "finished"
+        with PreemptionWatcher() as watcher:
+            self._preemption, self._agreed_signal = watcher, None
+            try:
+                for epoch in range(self.config.epoch_begin, self.config.epoch_end):
+                    self.config.epochs = epoch
+                    result = self._epoch_result = self._resumed_partial_result(epoch)
+                    for split in train_splits:
+                        if split not in result:
+                            result[split] = self.train_epoch(split)
+                    for split in evaluate_splits:
+                        result[split] = self.evaluate_epoch(split)
+                    self._epoch_result = None
+                    self.append_result(result, index=epoch)
+                    print(self.format_epoch_result(result))
+                    self.save_result()
+                    for split, split_result in result.items():
+                        self.write_result(split_result, f"{split}/epoch", steps=epoch)
+                    self.collect_process_state()
+                    if self.config.save_checkpoints:
+                        self.save_checkpoint()
+                    self.write_run_state("running")
+                    if self._reached_end():
+                        break
+                    if patience and epoch - self.best_index >= patience:
+                        print(f"early stop: no better {self.config.score_name} for {patience} epochs")
+                        end_state = "stopped_early"
+                        break
+            except Preempted as preempted:
+                self._record_failure("interrupted", signal=signal.Signals(preempted.signum).name)
+                raise
+            except KeyboardInterrupt:
+                self._record_failure("interrupted", signal="SIGINT")
+                raise
+            except Exception as error:
+                self._record_failure("crashed", error=f"{type(error).__name__}: {error}")
+                raise
+            else:
+                self.write_run_state(end_state)
+            finally:
+                self._preemption = self._epoch_result = None
+                if self.writer is not None:
+                    self.writer.flush()
+        return self.results
+
+    def _record_failure(self, state: str, **info: Any) -> None:
+        # The error that ended the run is what the user must see: a run.json that cannot be written (the disk that
+        # just filled up, say) must not replace it.
+        try:
+            self.write_run_state(state, **info)
+        except OSError as error:
+            warn(f"could not record the run's state {state!r}: {error}", RuntimeWarning, stacklevel=3)
+
+    def _resumed_partial_result(self, epoch: int) -> NestedDict:
+        # Splits an interrupted epoch had already finished keep their results; the rest run as usual.
+        position = self._resume_position
+        if position is None or epoch != self.config.epochs:
+            return NestedDict()
+        return NestedDict(position.get("finished", {}))
+
+    def _reached_end(self) -> bool:
+        # Attribute reads: chanfig mirrors top-level keys as attributes, far cheaper than get() on every step.
+        step_end, iter_end = self.config.step_end, self.config.iter_end
+        return bool((step_end and self.config.steps >= step_end) or (iter_end and self.config.iters >= iter_end))
+
+    def train_epoch(self, split: str = "train") -> NestedDict:
+        """One pass over `split` with the model in training mode; returns the epoch result.
+
+        When the run resumes from a checkpoint taken inside this epoch, the pass continues with the next batch
+        of the same order: the sampler skips what was done (those samples are never loaded), and meters and
+        metrics continue from their saved state.
+        """
+        loader = self.dataloaders[split]
+        self.mode = RunnerMode.train
+        self.split = split
+        sampler = self.datasamplers.get(split) if split in self.datasamplers else getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.config.epochs)  # type: ignore[union-attr]
+        done = self._resume_measures(split)
+        generator = getattr(loader, "generator", None)
+        self._epoch_generator_state = generator.get_state() if generator is not None else None
+        batches: Iterable = loader
+        if done and isinstance(sampler, TrainingSampler):
+            sampler.skip(done * loader.batch_size)  # type: ignore[operator]
+        elif done:
+            warn(f"resuming {split!r} by loading and discarding {done} batches: its sampler cannot skip", stacklevel=2)
+            batches = itertools.islice(loader, done, None)
+        try:
+            length = done + len(loader)
+            self._epoch_length = length
+            log_interval = interval(self.config.log_interval)
+            for iteration, batch in enumerate(self._progress_bar(batches, split), start=done):
+                self._epoch_iteration = iteration
+                steps = self.config.steps
+                self.train_step(batch)
+                if iteration == length - 1 or (log_interval and iteration % log_interval == 0):
+                    if log_interval:
+                        self.step_log(split, iteration, length - 1)
+                    if self.distributed:
+                        self._agree_on_preemption()
+                if self.config.steps != steps:
+                    self._after_optimizer_step(split, iteration + 1)
+                if self._reached_end():
+                    break
+        finally:
+            self._epoch_iteration = self._epoch_length = None
+            if isinstance(sampler, TrainingSampler):
+                sampler.skip(0)
+        return self.get_epoch_result()
+
+    def _resume_measures(self, split: str) -> int:
+        """Restore meters and metrics of an interrupted pass over `split`; return the batches it had done."""
+        position, measures = self._resume_position, self._resume_state
+        self._resume_position = self._resume_state = None
+        if position is None or position.get("split") != split:
+            self._reset_measures()
+            return 0
+        self._reset_measures()
+        if measures:
+            self.meters.load_state_dict(measures["meters"])
+            metrics = self.current_metrics
+            if metrics is not None and measures.get("metrics") is not None:
+                metrics.load_state_dict(measures["metrics"])
+        return int(position["batches"])
+
+    def _after_optimizer_step(self, split: str, batches_done: int) -> None:
+        """Save `latest` every `checkpoint_interval` steps, and stop cleanly if a preemption signal arrived."""
+        period = interval(self.config.checkpoint_interval)
+        periodic = bool(period and self.config.steps % period == 0 and self.config.save_checkpoints)
+        signum = self._agreed_preemption_signal()
+        if not periodic and signum is None:
+            return
+        self._position = {"split": split, "batches": batches_done, "finished": _plain_results(self._epoch_result)}
+        try:
+            # Every process reaches this step: the one place a mid-epoch snapshot can be gathered without a hang.
+            self.collect_process_state()
+            self.save_checkpoint(save_best=False)
+        finally:
+            self._position = None
+        if signum is not None:
+            path = os.path.join(self.checkpoint_dir, "latest.pth") if self.is_main_process else None
+            preempted = Preempted(signum, path)
+            print(str(preempted))
+            raise preempted
+
+    def _agreed_preemption_signal(self) -> int | None:
+        """The preemption signal to act on at this optimizer step, if any.
+
+        One process acts on its own flag at the next optimizer step. Several act on the signal they last agreed
+        on (see `_agree_on_preemption`), which every process reaches at the same step.
+        """
+        watcher = self._preemption
+        if watcher is None:
+            return None
+        return self._agreed_signal if self.distributed else watcher.received
+
+    def _agree_on_preemption(self) -> None:
+        """Let every process learn whether any of them received a preemption signal.
+
+        A collective, so it is held only where the training loop already synchronises: on logging iterations and
+        at the epoch's last one, the same iterations on every process.
+        """
+        watcher = self._preemption
+        if watcher is None or self._agreed_signal is not None:
+            return
+        agreed = int(du.all_reduce_max(torch.tensor([watcher.received or 0])).item())
+        self._agreed_signal = agreed or None
+
+    def train_step(self, batch: Any) -> torch.Tensor:
+        """Forward, loss and [`advance`][danling.TorchRunner.advance] on one micro-batch; returns the loss."""
+        input, target = self.unpack_batch(batch)
+        with self.accumulate():
+            with self.autocast():
+                pred = self.forward(self.model, input)
+                loss = self.criterion(pred, target)  # type: ignore[misc]
+            self.advance(loss)
+        self._update_measures(pred, target, loss)
+        return loss
+
+    def advance(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Backward `loss` divided by its window's length; on the window's last micro-batch, step the optimizer.
+
+        Windows hold `accum_steps` micro-batches, counted from the start of each epoch; the epoch's last window
+        may be shorter, and its losses are divided by its own length, so every optimizer step follows the mean
+        gradient over the samples of its window. Outside `train_epoch`, windows are counted on `iters`.
+        """
+        size, closes = self._accumulation_window()
+        scaled = loss / size if size > 1 else loss
+        self.backward(scaled)
+        self.config.increment("iters")
+        if closes:
+            self.step()
+
+    def _accumulation_window(self) -> tuple[int, bool]:
+        """Length of the current micro-batch's window, and whether the micro-batch closes it."""
+        accum_steps = self.config.accum_steps
+        iteration, length = self._epoch_iteration, self._epoch_length
+        if iteration is None or length is None:
+            return accum_steps, (self.config.iters + 1) % accum_steps == 0
+        start = iteration - iteration % accum_steps
+        size = min(accum_steps, length - start)
+        return size, iteration + 1 == start + size
+
+    def step(self) -> None:
+        """Clip gradients, step the optimizer (zeroing gradients), update the EMA, step the scheduler; `steps += 1`."""
+        self.clip_gradients()
+        self.optimizer_step()
+        if self.ema is not None:
+            self.update_ema()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.config.increment("steps")
+
+
+def _plain_results(result: Mapping | None) -> dict[str, Any]:
+    if not result:
+        return {}
+    return {split: value.dict() if hasattr(value, "dict") else dict(value) for split, value in result.items()}
