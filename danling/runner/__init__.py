@@ -2,8 +2,9 @@ r"""Runners: the training loop and everything around it.
 
 ```
 BaseRunner        lifecycle, config fall-through, progress, results, IO, checkpoints (no framework code)
-└── TorchRunner   PyTorch: dataloaders, device, DDP, loops, accumulation, precision, state
-    └── Runner    picks the platform from config.platform ("auto"/"torch" today)
+└── TorchRunner   PyTorch: the loops (training.py, evaluation.py), data, per-process state, and DDP
+    ├── FSDPRunner    FSDP2: sharded parameters, gradients and optimizer state, DCP checkpoints
+    └── Runner        picks the platform from config.platform ("auto"/"torch" or "fsdp")
 ```
 
 Constructing a runner (`RunnerMeta.__call__`) runs, in order:
@@ -18,6 +19,7 @@ Constructing a runner (`RunnerMeta.__call__`) runs, in order:
 from ..utils.decorators import on_local_main_process, on_main_process
 from .base_runner import BaseRunner
 from .config import Config
+from .fsdp_runner import FSDPRunner
 from .meta import RunnerMeta, RunnerMode
 from .runner import Runner
 from .torch_runner import TorchRunner
@@ -25,6 +27,7 @@ from .torch_runner import TorchRunner
 __all__ = [
     "BaseRunner",
     "Config",
+    "FSDPRunner",
     "Runner",
     "RunnerMeta",
     "RunnerMode",

@@ -16,7 +16,7 @@ from ..metrics import AverageMeters
 from ..utils.basex import get_time_str
 from ..utils.io import CorruptFileError
 from ..utils.seed import MAX_SEED, seed_everything, validate_seed
-from .checkpoint import CheckpointIO, find_resumable_checkpoints, read_checkpoint
+from .checkpoint import CheckpointIO, find_resumable_checkpoints
 from .config import Config
 from .meta import RunnerMeta, RunnerMode
 from .results import Results
@@ -168,7 +168,7 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         config.run_id = config.run_id
         pending = self.__dict__.pop("_pending_checkpoint", None)
         if pending is None and config.get("checkpoint") is not None:
-            pending = read_checkpoint(config["checkpoint"])
+            pending = self.read_checkpoint_file(config["checkpoint"])
         if pending is None and config.get("resume"):
             pending = self.find_resume_checkpoint()
         if pending is not None:
@@ -187,9 +187,10 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         chosen, loaded = None, None
         if self.is_main_process:
             run_root = os.path.join(self.config.project_root, f"{self.name}-{self.id}")
-            for path in find_resumable_checkpoints(run_root, self.config.checkpoint_dir_name):
+            checkpoint_dir_name, extension = self.config.checkpoint_dir_name, self.checkpoint_extension
+            for path in find_resumable_checkpoints(run_root, checkpoint_dir_name, extension):
                 try:
-                    loaded = read_checkpoint(path)
+                    loaded = self.read_checkpoint_file(path)
                 except (CorruptFileError, ValueError) as error:
                     print(f"resume: skipping {path}: {error}", file=sys.stderr)
                     continue
@@ -200,7 +201,7 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         if chosen is None:
             return None
         self.config.checkpoint = chosen
-        return loaded if loaded is not None else read_checkpoint(chosen)
+        return loaded if loaded is not None else self.read_checkpoint_file(chosen)
 
     def __post_init__(self) -> None:
         self.init_environment()

@@ -49,7 +49,9 @@ def read_checkpoint(checkpoint: CheckpointLike, what: str = "checkpoint", **kwar
     return loaded
 
 
-def find_resumable_checkpoints(run_root: str, checkpoint_dir_name: str = "checkpoints") -> list[str]:
+def find_resumable_checkpoints(
+    run_root: str, checkpoint_dir_name: str = "checkpoints", extension: str = ".pth"
+) -> list[str]:
     """Checkpoints a run could resume from, newest first.
 
     `run_root` is `{project_root}/{name}-{id}`; each launch of the run has a timestamped directory under it. The
@@ -64,23 +66,26 @@ def find_resumable_checkpoints(run_root: str, checkpoint_dir_name: str = "checkp
         if not os.path.isdir(directory):
             continue
         names = os.listdir(directory)
-        ordered = (["latest.pth"] if "latest.pth" in names else []) + epoch_checkpoints(names)
+        latest = f"latest{extension}"
+        ordered = ([latest] if latest in names else []) + epoch_checkpoints(names, extension)
         candidates.extend(os.path.join(directory, name) for name in ordered)
     return candidates
 
 
-def epoch_checkpoints(names: list[str]) -> list[str]:
-    """The `epoch-N.pth` names among `names`, newest (highest N) first.
+def epoch_checkpoints(names: list[str], extension: str = ".pth") -> list[str]:
+    """The `epoch-N{extension}` names among `names`, newest (highest N) first.
 
     Examples:
         >>> epoch_checkpoints(["latest.pth", "epoch-9.pth", "epoch-10.pth", "best.pth", "epoch-x.pth"])
         ['epoch-10.pth', 'epoch-9.pth']
     """
-    numbered = [name for name in names if name.startswith("epoch-") and name.endswith(".pth") and name[6:-4].isdigit()]
-    return sorted(numbered, key=lambda name: int(name[6:-4]), reverse=True)
+    end = -len(extension)
+    numbered = [name for name in names if name.startswith("epoch-") and name.endswith(extension)]
+    numbered = [name for name in numbered if name[6:end].isdigit()]
+    return sorted(numbered, key=lambda name: int(name[6:end]), reverse=True)
 
 
-def prune_epoch_checkpoints(directory: str, keep: int | None) -> list[str]:
+def prune_epoch_checkpoints(directory: str, keep: int | None, extension: str = ".pth") -> list[str]:
     """Delete all but the newest `keep` `epoch-N.pth` files in `directory`; return the paths deleted.
 
     Called after the newest copy is safely in place, so at least `keep` good copies exist at every instant.
@@ -90,7 +95,7 @@ def prune_epoch_checkpoints(directory: str, keep: int | None) -> list[str]:
     if keep is None or keep < 1:
         return []
     removed = []
-    for name in epoch_checkpoints(os.listdir(directory))[keep:]:
+    for name in epoch_checkpoints(os.listdir(directory), extension)[keep:]:
         path = os.path.join(directory, name)
         os.remove(path)
         removed.append(path)
@@ -136,6 +141,14 @@ class CheckpointIO:
     def unwrap(self, model: Any) -> Any:
         """The model without parallel wrappers; the identity here, `TorchRunner` strips DDP and friends."""
         return model
+
+    checkpoint_extension: str = ".pth"
+    """How checkpoint names end (`latest.pth`): a backend with another format names its own."""
+
+    @classmethod
+    def read_checkpoint_file(cls, checkpoint: CheckpointLike, **kwargs: Any) -> Mapping:
+        """The checkpoint at `checkpoint` (or `checkpoint` itself, if a Mapping); a backend may read its own format."""
+        return read_checkpoint(checkpoint, **kwargs)
 
     def stateful_parts(self) -> dict[str, Any]:
         """The objects whose `state_dict()` goes into a checkpoint, by key; `None` entries are skipped."""
@@ -248,7 +261,7 @@ class CheckpointIO:
             FileNotFoundError: If `checkpoint` does not exist.
             ValueError: If `checkpoint` is not a valid checkpoint.
         """
-        ckpt = read_checkpoint(checkpoint, **kwargs)
+        ckpt = self.read_checkpoint_file(checkpoint, **kwargs)
         config = ckpt.get("runner", ckpt)
         # A key the current config leaves unset (absent or None, like a seed to be drawn) takes the checkpoint's
         # value: otherwise a resumed run would draw a new seed and see its data in a different order.
@@ -287,7 +300,7 @@ class CheckpointIO:
         """
         if self.model is None:
             raise ValueError("model is not defined: assign self.model before loading a checkpoint")
-        ckpt = read_checkpoint(checkpoint, **kwargs)
+        ckpt = self.read_checkpoint_file(checkpoint, **kwargs)
         self.load_state_dict(ckpt)
         if not isinstance(checkpoint, Mapping):
             self.config.checkpoint = os.fsdecode(checkpoint)
@@ -308,7 +321,7 @@ class CheckpointIO:
             ValueError: If `checkpoint` is not a valid checkpoint or holds no `runner` config.
             FileNotFoundError: If `checkpoint` does not exist.
         """
-        ckpt = read_checkpoint(checkpoint, **kwargs)
+        ckpt = cls.read_checkpoint_file(checkpoint, **kwargs)
         if "runner" not in ckpt:
             raise ValueError(f"checkpoint has no 'runner' config; its keys are {sorted(map(str, ckpt))}")
         config = Config(ckpt["runner"])

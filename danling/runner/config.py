@@ -26,7 +26,7 @@ __all__ = ["INTERVALS", "PLATFORMS", "PRECISIONS", "Config", "interval"]
 PRECISIONS = ("fp32", "fp16", "bf16")
 """Values `Config.precision` accepts (besides `None`, which means fp32)."""
 
-PLATFORMS = ("auto", "torch", "accelerate", "deepspeed")
+PLATFORMS = ("auto", "torch", "fsdp", "accelerate", "deepspeed")
 """Values `Config.platform` accepts."""
 
 INTERVALS = ("log_interval", "save_interval", "checkpoint_interval")
@@ -154,7 +154,14 @@ class Config(chanfig.Config):
 
     # Distributed
     platform: str = "auto"
-    """Runner platform: `"auto"` or `"torch"` (`"accelerate"`, `"deepspeed"` are reserved)."""
+    """Runner platform for `Runner`: `"auto"` (= `"torch"`), `"torch"` (DDP) or `"fsdp"` (FSDP2); `"accelerate"` and
+    `"deepspeed"` are reserved."""
+    fsdp_units: list[str] | None = None
+    """FSDP: class names of the submodules to shard as units (`["TransformerBlock"]`); `None` shards each direct
+    child that holds parameters."""
+    reshard_after_forward: bool | None = None
+    """FSDP: free gathered parameters after forward (less memory, one more all-gather in backward); `None` is FSDP's
+    default."""
     backend: str | None = None
     """`torch.distributed` backend; `None` picks `nccl` on CUDA and `gloo` on CPU."""
     init_method: str | None = None

@@ -47,10 +47,11 @@ class EvaluationLoop(RunnerParts):
         self._reset_measures()
         length = len(loader)
         log_interval = interval(self.config.log_interval)
-        for iteration, batch in enumerate(self._progress_bar(loader, split)):
-            self.evaluate_step(batch, model)
-            if log_interval and (iteration % log_interval == 0 or iteration == length - 1):
-                self.step_log(split, iteration, length - 1)
+        with self.evaluation_context(model):
+            for iteration, batch in enumerate(self._progress_bar(loader, split)):
+                self.evaluate_step(batch, model)
+                if log_interval and (iteration % log_interval == 0 or iteration == length - 1):
+                    self.step_log(split, iteration, length - 1)
         return self.get_epoch_result()
 
     def evaluate_step(self, batch: Any, model: nn.Module | None = None) -> torch.Tensor | None:
@@ -87,10 +88,11 @@ class EvaluationLoop(RunnerParts):
         model = self.evaluation_model()
         model.eval()
         outputs = []
-        for batch in self._progress_bar(self.dataloaders[split], split):
-            input, _ = self.unpack_batch(batch)
-            with self.autocast():
-                outputs.append(self.forward(model, input))
+        with self.evaluation_context(model):
+            for batch in self._progress_bar(self.dataloaders[split], split):
+                input, _ = self.unpack_batch(batch)
+                with self.autocast():
+                    outputs.append(self.forward(model, input))
         if outputs and all(isinstance(output, torch.Tensor) for output in outputs):
             return du.gather_tensor(torch.cat(outputs))
         gathered = du.all_gather_object(outputs)

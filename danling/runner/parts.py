@@ -7,8 +7,8 @@ the parts provide to one another. At run time it adds nothing to `BaseRunner`.
 
 A backend supplies: `device`, `wrap_model`/`unwrap`, `backward`, `clip_gradients`, `optimizer_step`,
 `update_ema`, `accumulate` (skipping gradient synchronisation inside an accumulation window), `autocast`,
-`evaluation_model`, and the checkpoint methods when its state is not one file (`save_checkpoint`,
-`load_checkpoint`).
+`evaluation_model`, `evaluation_context` (what every process enters around an evaluation pass), and the
+checkpoint methods when its state is not one file (`save_checkpoint`, `read_checkpoint_file`, `load_checkpoint`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class RunnerParts(BaseRunner):
         def accumulate(self) -> Any: ...
         def autocast(self) -> Any: ...
         def evaluation_model(self) -> nn.Module: ...
+        def evaluation_context(self, model: nn.Module) -> Any: ...
 
         # Data
         @property

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
+from .fsdp_runner import FSDPRunner
 from .torch_runner import TorchRunner
 
 __all__ = ["PLATFORM_RUNNERS", "Runner"]
@@ -12,29 +14,47 @@ __all__ = ["PLATFORM_RUNNERS", "Runner"]
 PLATFORM_RUNNERS: dict[str, type | None] = {
     "auto": TorchRunner,
     "torch": TorchRunner,
+    "fsdp": FSDPRunner,
     "accelerate": None,
     "deepspeed": None,
 }
-"""Runner class of each platform; `None` marks platforms reserved for backends that do not exist yet."""
+"""Runner class of each platform; `None` marks platforms reserved for backends that do not exist yet.
+
+`auto` is `torch`: never another platform because its package happens to be installed.
+"""
 
 
 class Runner(TorchRunner):
     """The runner to subclass when the platform comes from the config.
 
     `Runner(config)` behaves as [`TorchRunner`][danling.TorchRunner] for `config.platform` of `"torch"` or
-    `"auto"`. `"accelerate"` and `"deepspeed"` are reserved and raise `NotImplementedError`; any other value
-    raises `ValueError` listing the valid platforms.
+    `"auto"`, and as [`FSDPRunner`][danling.runner.fsdp_runner.FSDPRunner] for `"fsdp"`: a subclass of `Runner`
+    is combined with the platform's runner, so the same script runs on either. `"accelerate"` and `"deepspeed"`
+    are reserved and raise `NotImplementedError`; any other value raises `ValueError` listing the valid platforms.
 
     Examples:
         >>> Runner({"platform": "tpu", "log": False})
         Traceback (most recent call last):
-        ValueError: unknown platform 'tpu'; expected one of: auto, torch, accelerate, deepspeed
+        ValueError: unknown platform 'tpu'; expected one of: auto, torch, fsdp, accelerate, deepspeed
     """
+
+    def __new__(cls, config: Any = None, *args: Any, **kwargs: Any) -> Any:
+        platform = config.get("platform", "auto") if isinstance(config, Mapping) else "auto"
+        backend = check_platform(platform)
+        if issubclass(cls, backend):
+            return super().__new__(cls)
+        return super().__new__(_with_backend(cls, backend))
 
     def __init__(self, config: Any) -> None:
         platform = config.get("platform", "auto") if isinstance(config, Mapping) else "auto"
         check_platform(platform)
         super().__init__(config)
+
+
+@cache
+def _with_backend(cls: type, backend: type) -> type:
+    # The user's class first, so its overrides win; the backend's methods then come before TorchRunner's.
+    return type(cls.__name__, (cls, backend), {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
 
 
 def check_platform(platform: str) -> type:

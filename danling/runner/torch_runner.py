@@ -56,7 +56,7 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         >>> config.dataloader.batch_size = 8
         >>> runner = Regression(config)
         >>> results = runner.train()  # doctest: +ELLIPSIS
-        training on train [0/7]	loss: ...
+        training on train [1/8]	loss: ...
         epoch [4/4]	train: loss: ...
         >>> results[4]["train"]["loss"] < results[0]["train"]["loss"]
         True
@@ -241,7 +241,11 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         if max_grad_value is not None:
             nn.utils.clip_grad_value_(parameters, max_grad_value)
         if max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+            self.clip_grad_norm(parameters, max_grad_norm)
+
+    def clip_grad_norm(self, parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """Scale the gradients of `parameters` so their global norm is at most `max_norm`; return the norm."""
+        return nn.utils.clip_grad_norm_(parameters, max_norm)
 
     def optimizer_step(self) -> None:
         """Step the optimizer (through the `GradScaler`, when there is one) and zero the gradients."""
@@ -267,6 +271,14 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         model: Any = self.model
         if self.config.accum_steps > 1 and hasattr(model, "no_sync") and not self._accumulation_window()[1]:
             return model.no_sync()
+        return nullcontext()
+
+    def evaluation_context(self, model: nn.Module) -> Any:
+        """Entered around an evaluation or inference pass with `model`: nothing to do for DDP.
+
+        Processes may run different numbers of evaluation batches, so a backend whose forward is collective (FSDP)
+        must make it local here.
+        """
         return nullcontext()
 
     def autocast(self) -> Any:

@@ -191,7 +191,16 @@ class TrainingLoop(RunnerParts):
             metrics = self.current_metrics
             if metrics is not None and measures.get("metrics") is not None:
                 metrics.load_state_dict(measures["metrics"])
-        return int(position["batches"])
+        samples, world_size = position.get("samples"), self.world_size
+        if samples is None:
+            return int(position["batches"])
+        batch_size = self.dataloaders[split].batch_size * world_size
+        if samples % batch_size:
+            raise ValueError(
+                f"cannot resume {split!r} after {samples} samples with {world_size} process(es) of batch size "
+                f"{batch_size // world_size}: it must be a multiple of {batch_size}"
+            )
+        return samples // batch_size
 
     def _after_optimizer_step(self, split: str, batches_done: int) -> None:
         """Save `latest` every `checkpoint_interval` steps, and stop cleanly if a preemption signal arrived."""
@@ -200,7 +209,14 @@ class TrainingLoop(RunnerParts):
         signum = self._agreed_preemption_signal()
         if not periodic and signum is None:
             return
-        self._position = {"split": split, "batches": batches_done, "finished": _plain_results(self._epoch_result)}
+        self._position = {
+            "split": split,
+            "batches": batches_done,
+            # Samples of the epoch's order consumed by every process together: where the next one starts,
+            # whatever the number of processes that resume it.
+            "samples": batches_done * self.dataloaders[split].batch_size * self.world_size,
+            "finished": _plain_results(self._epoch_result),
+        }
         try:
             # Every process reaches this step: the one place a mid-epoch snapshot can be gathered without a hang.
             self.collect_process_state()

@@ -22,6 +22,7 @@ __all__ = [
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",
+    "broadcast_module",
     "broadcast_object",
     "collective_device",
     "destroy_process_group_at_exit",
@@ -159,3 +160,22 @@ def _tear_down() -> None:
     gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every process the parameters and buffers `module` has on process `src`, in place.
+
+    What `DistributedDataParallel` does when it wraps a model; a runner that shards instead (FSDP) must do it
+    itself, or each process would keep its shard of differently initialised weights.
+    """
+    if not is_distributed():
+        return
+    device = collective_device()
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.device == device:
+                dist.broadcast(tensor.data, src=src)
+            else:
+                staged = tensor.data.to(device)
+                dist.broadcast(staged, src=src)
+                tensor.data.copy_(staged)

@@ -23,6 +23,7 @@ SNIPPETS = sorted(path.name for path in SNIPPETS_DIR.glob("*.py"))
 # Lines (or parts of lines) each script must print. They are the numbers and facts the pages state.
 EXPECTED_OUTPUT = {
     "first_runner.py": ["best val acc 1.0000 at epoch", "run directory: "],
+    "fsdp.py": ["full weights: 8 tensors, first layer (32, 8)"],
     "lifecycle.py": [
         "__init__: seed 7, id ",
         "dataloaders []",
@@ -85,7 +86,7 @@ EXPECTED_OUTPUT = {
     ],
     "mid_epoch_checkpoints.py": [
         "run stopped: crashed after micro-batch 14",
-        "latest.pth: steps 12, position {'split': 'train', 'batches': 4, 'finished': {}}",
+        "latest.pth: steps 12, position {'split': 'train', 'batches': 4, 'samples': 32, 'finished': {}}",
         "resumed run equals uninterrupted run: True",
     ],
     "preemption.py": [

@@ -1,0 +1,318 @@
+"""`FSDPRunner`: the loops of `TorchRunner` on PyTorch's FSDP2 (`fully_shard`), with Distributed Checkpoint.
+
+Only what differs from DDP lives here: sharding the model (and the EMA), gradient clipping over the shards,
+skipping the gradient reduction inside accumulation windows, evaluation with full parameters, and checkpoints
+written by every process with `torch.distributed.checkpoint`.
+
+A checkpoint is a directory under `checkpoint_dir/dcp/`: a `.distcp` file of shards per process, `runner.pth` (the
+config, results, scheduler and every process's random state, written by the main process) and `.metadata`, which
+DCP writes last, once every process has finished. Only then does the main process point `latest.dcp` (a small
+JSON file, replaced atomically) at the new directory; `best.dcp` and `epoch-N.dcp` are pointers too, so nothing
+is copied. Directories no pointer names any more are deleted after the switch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import distributed as dist
+from torch import nn
+
+from ..utils import distributed as du
+from ..utils.io import CorruptFileError, atomic_write, load, save
+from . import fsdp_utils
+from .checkpoint import CheckpointLike, extract_model_state, prune_epoch_checkpoints
+from .config import interval
+from .torch_runner import TorchRunner
+
+__all__ = ["FSDPRunner", "consolidate_checkpoint", "resolve_checkpoint"]
+
+POINTER_EXTENSION = ".dcp"
+RUN_STATE_FILE = "runner.pth"
+SHARDS_DIR_NAME = "dcp"
+
+
+class FSDPRunner(TorchRunner):
+    """`TorchRunner` on FSDP2: parameters, gradients and optimizer state sharded over the processes.
+
+    Assign the model, criterion, optimizer (over `self.model.parameters()`), scheduler, EMA and datasets in
+    `__init__` as for `TorchRunner`; `__post_init__` shards the model with `fully_shard` and points the optimizer
+    at the sharded parameters. It runs on one process too (a single-process group is created).
+
+    Sharding units: by default each direct child holding parameters, then the root. Name other units with
+    `config.fsdp_units` (class names, such as `["TransformerBlock"]`) or override
+    [`sharding_units`][danling.runner.fsdp_runner.FSDPRunner.sharding_units]. `config.reshard_after_forward`
+    (default: FSDP's) trades memory for a second all-gather in backward. `config.precision` of `bf16`/`fp16`
+    becomes FSDP's `MixedPrecisionPolicy` (gradients reduced in fp32).
+
+    Unlike `TorchRunner`, `save_checkpoint` is collective: every process writes its shards.
+    """
+
+    checkpoint_extension = POINTER_EXTENSION
+    _saves: int = 0
+
+    def __post_init__(self) -> None:
+        self.init_environment()
+        self.build_dataloaders()
+        self.move_to_device()
+        self.init_precision()
+        # Sharded before the checkpoint is restored: DCP loads into the shards, resharding as needed.
+        self.wrap_model()
+        self.restore_checkpoint()
+        if self.config.get("log_interval") is None and self.dataloaders:
+            self.config.log_interval = max(1, max(len(loader) for loader in self.dataloaders.values()) // 10)
+
+    def init_distributed(self) -> None:
+        """As `TorchRunner`, but one process gets a process group too: `fully_shard` needs one."""
+        super().init_distributed()
+        if dist.is_initialized():
+            return
+        backend = self.config.get("backend") or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(du.get_local_rank())
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        self.config.backend = backend
+        du.destroy_process_group_at_exit()
+
+    # Model
+
+    def sharding_units(self, model: nn.Module) -> list[nn.Module] | None:
+        """Submodules to shard as their own units (before the root); `None` for each direct child with parameters.
+
+        The default reads `config.fsdp_units`, a list of class names.
+        """
+        names = self.config.get("fsdp_units")
+        if not names:
+            return None
+        names = set(names)
+        units = [module for module in model.modules() if type(module).__name__ in names and module is not model]
+        if not units:
+            raise ValueError(f"config.fsdp_units {sorted(names)} names no submodule of {type(model).__name__}")
+        return units
+
+    def wrap_model(self) -> None:
+        """Shard the model (and the EMA's copy alike), then point the optimizer at the sharded parameters."""
+        model = self.model
+        if not isinstance(model, nn.Module) or fsdp_utils.fsdp_modules(model):
+            return
+        # Processes seed differently (by rank), so their initial weights differ; DDP would broadcast rank 0's.
+        du.broadcast_module(model)
+        names = {id(parameter): name for name, parameter in model.named_parameters()}
+        options = {
+            "mp_policy": fsdp_utils.mixed_precision_policy(self.config.precision),
+            "reshard_after_forward": self.config.get("reshard_after_forward"),
+        }
+        fsdp_utils.shard_model(model, self.sharding_units(model), **options)
+        ema: Any = self.ema
+        if isinstance(ema, torch.optim.swa_utils.AveragedModel):
+            # Sharded like the model, the EMA averages shard by shard with no communication.
+            du.broadcast_module(ema)
+            fsdp_utils.shard_model(ema.module, self.sharding_units(ema.module), **options)
+        if self.optimizer is not None:
+            _rebind_optimizer(self.optimizer, names, dict(model.named_parameters()))
+
+    def unwrap(self, model: Any) -> Any:
+        """`model` itself: `fully_shard` changes a module in place rather than wrapping it."""
+        return super().unwrap(model)
+
+    # Backend
+
+    def init_precision(self) -> None:
+        """fp16 on CUDA keeps a `GradScaler`; casting is FSDP's `MixedPrecisionPolicy`, not autocast."""
+        super().init_precision()
+
+    def autocast(self) -> Any:
+        """A null context: FSDP casts parameters and inputs itself."""
+        return nullcontext()
+
+    def accumulate(self) -> Any:
+        """Skip the gradient reduce-scatter on micro-batches that do not close an accumulation window."""
+        if self.config.accum_steps > 1 and not self._accumulation_window()[1]:
+            return fsdp_utils.no_gradient_sync(self.model)  # type: ignore[arg-type]
+        return nullcontext()
+
+    def clip_grad_norm(self, parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """Clip by the norm of the whole (unsharded) gradient, the same on every process."""
+        return fsdp_utils.clip_grad_norm(parameters, max_norm)
+
+    def evaluation_context(self, model: nn.Module) -> Any:
+        """Full parameters on every process, so processes may evaluate different numbers of batches."""
+        root = model.module if isinstance(model, torch.optim.swa_utils.AveragedModel) else model
+        if not fsdp_utils.fsdp_modules(root):
+            return nullcontext()
+        return fsdp_utils.unsharded(root, self.config.get("reshard_after_forward"))
+
+    # State
+
+    def stateful_parts(self) -> dict[str, Any]:
+        """Scheduler and grad scaler: the model, EMA and optimizer are sharded and go through DCP."""
+        return {"scheduler": self.scheduler, "scaler": self.scaler}
+
+    def sharded_state(self) -> dict[str, Any]:
+        """The DCP state: model and optimizer (and the EMA), keyed by parameter name so any world size loads it."""
+        state: dict[str, Any] = {"model": fsdp_utils.ModelOptimizerState(self.model, self.optimizer)}  # type: ignore[arg-type]
+        ema: Any = self.ema
+        if isinstance(ema, torch.optim.swa_utils.AveragedModel):
+            state["ema"] = fsdp_utils.ModelOptimizerState(ema)
+        return state
+
+    def save_checkpoint(self, name: str = "latest", epochs: int | None = None, save_best: bool = True) -> None:
+        """Write a sharded checkpoint and point `{name}.dcp` at it once every process has finished.
+
+        Collective: call it on every process. See the module's documentation for the layout.
+
+        Args:
+            name: Name of the pointer. Defaults to `"latest"`.
+            epochs: Epoch index to name a snapshot after. Defaults to `config.epochs`.
+            save_best: Also point `best.dcp` at it when `is_best`.
+        """
+        epochs = self.config.epochs if epochs is None else epochs
+        self._saves += 1
+        tag = f"{name}-s{self.config.steps}-{self._saves}"
+        shards = os.path.join(self.checkpoint_dir, SHARDS_DIR_NAME)
+        directory = os.path.join(shards, tag)
+        state = self.state_dict()  # on every process: per-process entries come from the loop's snapshot
+        if self.is_main_process:
+            if os.path.exists(directory):  # a save of an earlier launch, killed before it finished
+                shutil.rmtree(directory)
+            os.makedirs(directory)
+            save(state, os.path.join(directory, RUN_STATE_FILE))
+        du.barrier()  # the directory exists (on a shared filesystem) before any process writes into it
+        fsdp_utils.dcp_save(self.sharded_state(), directory)
+        if not self.is_main_process:
+            return
+        # dcp_save returns on the main process after it wrote `.metadata`, which it does once every process has
+        # finished: the checkpoint is complete, and pointing at it is safe.
+        target = os.path.join(SHARDS_DIR_NAME, tag)
+        _point(self.checkpoint_dir, name, target)
+        at_epoch_end = self._position is None
+        period = interval(self.config.get("save_interval"))
+        if at_epoch_end and period and (epochs + 1) % period == 0:
+            _point(self.checkpoint_dir, f"epoch-{epochs}", target)
+            prune_epoch_checkpoints(self.checkpoint_dir, self.config.get("max_epoch_checkpoints"), POINTER_EXTENSION)
+        if at_epoch_end and save_best and self.is_best:
+            _point(self.checkpoint_dir, "best", target)
+        _remove_unreferenced(self.checkpoint_dir)
+
+    @classmethod
+    def read_checkpoint_file(cls, checkpoint: CheckpointLike, **kwargs: Any) -> Mapping:
+        """The run state of a DCP checkpoint (a pointer file or a directory), with its directory under `"dcp"`.
+
+        Raises:
+            FileNotFoundError: If the checkpoint does not exist.
+            CorruptFileError: If it is incomplete or damaged; the message names what is missing or wrong.
+        """
+        if isinstance(checkpoint, Mapping):
+            return checkpoint
+        directory = resolve_checkpoint(os.fsdecode(checkpoint))
+        problems = fsdp_utils.checkpoint_complete(directory)
+        if problems:
+            raise CorruptFileError(f"checkpoint {directory} is incomplete: " + "; ".join(problems))
+        state = dict(load(os.path.join(directory, RUN_STATE_FILE), **kwargs))
+        state["dcp"] = directory
+        return state
+
+    def load_checkpoint(self, checkpoint: CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        """Restore the run state and, resharded to this number of processes, the model, optimizer and EMA.
+
+        Collective: every process reads its shards.
+        """
+        if self.model is None:
+            raise ValueError("model is not defined: assign self.model before loading a checkpoint")
+        state = self.read_checkpoint_file(checkpoint, **kwargs)
+        if "dcp" not in state:
+            raise ValueError("an FSDP runner loads DCP checkpoints; use load_pretrained for plain model weights")
+        self.load_state_dict(state)
+        fsdp_utils.dcp_load(self.sharded_state(), state["dcp"])
+        if not isinstance(checkpoint, Mapping):
+            self.config.checkpoint = os.fsdecode(checkpoint)
+
+    def load_pretrained(self, checkpoint: CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        """Load model weights from a plain model file (full weights) or from a DCP checkpoint, into the shards."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        if self.model is None:
+            raise ValueError("model is not defined: assign self.model before loading pretrained weights")
+        path = os.fsdecode(checkpoint) if not isinstance(checkpoint, Mapping) else None
+        if path is not None and (path.endswith(POINTER_EXTENSION) or os.path.isdir(path)):
+            fsdp_utils.dcp_load({"model": fsdp_utils.ModelOptimizerState(self.model)}, resolve_checkpoint(path))
+            return
+        full = extract_model_state(super().read_checkpoint_file(checkpoint, **kwargs))
+        set_model_state_dict(self.model, dict(full), options=StateDictOptions(full_state_dict=True))
+
+
+def resolve_checkpoint(path: str) -> str:
+    """The checkpoint directory a pointer file (`latest.dcp`) names, or `path` if it is a directory.
+
+    Raises:
+        FileNotFoundError: If `path` does not exist.
+    """
+    if os.path.isdir(path):
+        return path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    with open(path, encoding="utf-8") as file:
+        try:
+            target = json.load(file)["path"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise CorruptFileError(f"checkpoint pointer {path!r} is unreadable: {error}") from None
+    return os.path.join(os.path.dirname(path), target)
+
+
+def consolidate_checkpoint(checkpoint: str, output: str, ema: bool = False) -> str:
+    """Write the full weights of a DCP checkpoint to one plain file (`model.pth`), on one process, without FSDP.
+
+    The file loads with `danling.load` (or `torch.load`) into the unsharded model: share it, evaluate it with a
+    `TorchRunner`, or pass it to `load_pretrained`.
+
+    Args:
+        checkpoint: A pointer file (`checkpoints/latest.dcp`) or a checkpoint directory.
+        output: The file to write (atomically).
+        ema: Write the EMA's weights instead of the model's.
+
+    Returns:
+        `output`.
+    """
+    directory = resolve_checkpoint(checkpoint)
+    key = "ema" if ema else "model"
+    state = fsdp_utils.dcp_to_full_state_dict(directory, keys=[key])
+    weights = state[key]["model"]
+    if ema:
+        weights = {name[len("module.") :]: value for name, value in weights.items() if name.startswith("module.")}
+    save(weights, output)
+    return output
+
+
+def _rebind_optimizer(optimizer: Any, names: Mapping[int, str], sharded: Mapping[str, nn.Parameter]) -> None:
+    # `fully_shard` replaces each parameter with a sharded one; an optimizer built in `__init__` holds the old ones.
+    for group in optimizer.param_groups:
+        group["params"] = [sharded[names[id(p)]] if id(p) in names else p for p in group["params"]]
+    if optimizer.state:
+        raise RuntimeError("the optimizer has state before sharding; build it in __init__ and do not step it there")
+
+
+def _point(checkpoint_dir: str, name: str, target: str) -> None:
+    with atomic_write(os.path.join(checkpoint_dir, f"{name}{POINTER_EXTENSION}"), "w") as file:
+        json.dump({"path": target}, file)
+
+
+def _remove_unreferenced(checkpoint_dir: str) -> None:
+    """Delete checkpoint directories no pointer names (older latests), once the new pointers are in place."""
+    referenced = set()
+    for name in os.listdir(checkpoint_dir):
+        if name.endswith(POINTER_EXTENSION):
+            try:
+                referenced.add(os.path.normpath(resolve_checkpoint(os.path.join(checkpoint_dir, name))))
+            except (OSError, CorruptFileError):
+                continue
+    shards = os.path.join(checkpoint_dir, SHARDS_DIR_NAME)
+    for tag in os.listdir(shards):
+        path = os.path.normpath(os.path.join(shards, tag))
+        if path not in referenced:
+            shutil.rmtree(path, ignore_errors=True)
