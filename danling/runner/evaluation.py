@@ -15,6 +15,7 @@ from ..utils import distributed as du
 from .config import interval
 from .meta import RunnerMode
 from .parts import RunnerParts
+from .results import epoch_label
 
 __all__ = ["EvaluationLoop"]
 
@@ -127,12 +128,22 @@ class EvaluationLoop(RunnerParts):
         local = not training and isinstance(metrics, (Metrics, MultiTaskMetrics))
         return merge_metric_result(result, metrics.value(sync=False) if local else metrics.value())
 
-    def _progress_bar(self, loader: Iterable, split: str) -> Iterable:
+    def _progress_bar(self, loader: Iterable, split: str, total: int | None = None, initial: int = 0) -> Iterable:
+        """`loader` in a progress bar on the main process when stdout is a terminal (and `config.progress`).
+
+        The bar reads `epoch [3/19] train` during `train`, as the epoch lines name the epoch, and the split alone
+        otherwise. It counts batches done of `total` (by default `len(loader)`), as the step lines do; `initial`
+        is the batches a resumed pass had done. Elsewhere `loader` itself is returned.
+        """
         if not (self.config.progress and self.is_main_process and sys.stdout.isatty()):
             return loader
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
-        return tqdm(loader, desc=f"{self.mode} {split}", leave=False, dynamic_ncols=True)
+        epoch_end = self.config.epoch_end
+        # `_epoch_result` is set by `train` for the length of an epoch: evaluations inside it belong to the epoch.
+        in_epoch = self._mode is RunnerMode.train or getattr(self, "_epoch_result", None) is not None
+        description = f"{epoch_label(self.config.epochs, epoch_end)} {split}" if in_epoch and epoch_end else split
+        return progress_bar(loader, description, total=total, initial=initial)
 
 
 def _batch_length(target: Any, pred: Any) -> int:

@@ -2,7 +2,8 @@
 
 On the process it was installed for (rank 0 by default) `print` writes as usual, or through the `danling.print`
 logger when the runner logs (so user prints land in `run.log` too); on other processes it is silent unless called
-with `force=True`. An explicit `file=` is always honoured as given.
+with `force=True`. Either way, while a progress bar is on the screen the line is written above the bar, not over it
+(see [`progress`][danling.runner.progress]). An explicit `file=` is always honoured as given.
 [`restore_print`][danling.runner.printing.restore_print] puts the original `print` back.
 """
 
@@ -13,6 +14,8 @@ import logging
 import sys
 import weakref
 from typing import Any
+
+from .progress import current_bar, write
 
 __all__ = ["RankPrint", "install_print", "restore_print"]
 
@@ -52,10 +55,13 @@ class RankPrint:
             return
         if not force and runner.rank != process:
             return
+        text = (" " if sep is None else sep).join(str(arg) for arg in args)
         if runner.config.log and logging.getLogger("danling").handlers:
-            self.logger.info((" " if sep is None else sep).join(str(arg) for arg in args))
-            return
-        self.original(*args, sep=sep, end=end, file=sys.stdout, flush=flush)
+            self.logger.info(text)
+        elif current_bar() is not None:
+            write(text, sys.stdout, "\n" if end is None else end)
+        else:
+            self.original(*args, sep=sep, end=end, file=sys.stdout, flush=flush)
 
 
 def install_print(runner: Any, process: int = 0) -> RankPrint:

@@ -6,6 +6,7 @@ command can read a run directory with them; they are re-exported here.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,8 +27,17 @@ from ..utils.decorators import on_main_process
 from ..utils.io import atomic_copy
 from .config import Config
 from .meta import RunnerMode
+from .printing import PRINT_LOGGER
+from .progress import FILE_ONLY, show_metrics
 
-__all__ = ["Results", "choose_best_fn", "format_result", "format_results_table", "infer_score_split"]
+__all__ = [
+    "Results",
+    "choose_best_fn",
+    "epoch_label",
+    "format_result",
+    "format_results_table",
+    "infer_score_split",
+]
 
 
 class Results:
@@ -171,7 +181,10 @@ class Results:
     def format_step_result(
         self, result: Mapping, split: str | None, steps: int, length: int, format_spec: str = ".4f"
     ) -> str:
-        """`"training on {split} [{steps}/{length}]\\t{result}"` (or evaluating/running, by mode)."""
+        """`"training on {split} [{steps}/{length}]\\t{result}"` (or evaluating/running, by mode).
+
+        [`step_log`][danling.BaseRunner.step_log] passes the batches done and the batches of the pass.
+        """
         prefix = ""
         if split is not None:
             mode = str(self.mode)  # type: ignore[attr-defined]
@@ -183,10 +196,10 @@ class Results:
     def format_epoch_result(
         self, result: Mapping, epochs: int | None = None, epoch_end: int | None = None, format_spec: str = ".4f"
     ) -> str:
-        """`"epoch [{epochs}/{epoch_end - 1}]"` followed by the formatted result, one split per line."""
+        """[`epoch_label`][danling.runner.results.epoch_label] followed by the formatted result, one split per line."""
         epochs = self.config.epochs if epochs is None else epochs
         epoch_end = self.config.epoch_end if epoch_end is None else epoch_end
-        header = f"epoch [{epochs}/{epoch_end - 1}]" if epoch_end else ""
+        header = epoch_label(epochs, epoch_end) if epoch_end else ""
         body = format_result(result, format_spec=format_spec)
         return f"{header}\n{body}" if header and "\n" in body else f"{header}\t{body}" if header else body
 
@@ -210,11 +223,25 @@ class Results:
         return merge_metric_result(result, metrics.average()) if metrics is not None else result
 
     def step_log(self, split: str, iteration: int, length: int | None = None) -> NestedDict:
-        """Print the step result and, when training, write it to TensorBoard."""
+        """Log the step result as a line counting batches done of the total; when training, write it to TensorBoard.
+
+        The line reads `training on train [20/45]` after the batch of index 19 of 45: the count the progress bar
+        shows. While a bar is on the screen, the result goes to the bar's postfix and the line to `run.log` only;
+        otherwise the line is printed (and so logged).
+
+        Args:
+            split: The split the batch is from.
+            iteration: Index of the batch just done, from 0.
+            length: Index of the last batch of the pass; by default that of the split's dataloader.
+        """
         if length is None:
             length = len(self.dataloaders[split]) - 1  # type: ignore[attr-defined]
         result = self.get_step_result()
-        print(self.format_step_result(result, split, iteration, length))
+        line = self.format_step_result(result, split, iteration + 1, length + 1)
+        if not show_metrics(result):
+            print(line)
+        elif self.logger is not None:  # type: ignore[attr-defined]
+            logging.getLogger(PRINT_LOGGER).info(line, extra=FILE_ONLY)
         if str(self.mode) == "train":  # type: ignore[attr-defined]
             self.write_result(result, split)
         return result
@@ -253,6 +280,18 @@ class Results:
         self.save({**header, **latest_plain}, latest_path)  # type: ignore[attr-defined]
         if self.is_best:
             atomic_copy(latest_path, os.path.join(directory, "best.json"))
+
+
+def epoch_label(epochs: int, epoch_end: int) -> str:
+    """The name of an epoch in the epoch lines and on the progress bars: its index and the last index.
+
+    Epochs are named by their index in `results`, from 0, as the results table names them.
+
+    Examples:
+        >>> epoch_label(3, 20)
+        'epoch [3/19]'
+    """
+    return f"epoch [{epochs}/{epoch_end - 1}]"
 
 
 def merge_metric_result(result: NestedDict, metric_result: Mapping) -> NestedDict:

@@ -159,7 +159,9 @@ class TrainingLoop(RunnerParts):
             length = done + len(loader)
             self._epoch_length = length
             log_interval = interval(self.config.log_interval)
-            for iteration, batch in enumerate(self._progress_bar(batches, split), start=done):
+            for iteration, batch in enumerate(
+                self._progress_bar(batches, split, total=length, initial=done), start=done
+            ):
                 self._epoch_iteration = iteration
                 steps = self.config.steps
                 self.train_step(batch)

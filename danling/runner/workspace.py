@@ -17,9 +17,11 @@ from ..utils.decorators import on_main_process
 from ..utils.io import PathStr, load, save, to_builtin
 from .config import Config
 from .printing import install_print
+from .progress import ConsoleFormatter, ConsoleHandler
 
 __all__ = ["Workspace"]
 
+# Of run.log; the console has `progress.CONSOLE_FORMAT`, the time and the message.
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(name)s: %(message)s"
 # Handlers this module attaches carry this attribute, so a later runner replaces them instead of stacking more.
 _HANDLER_MARK = "_danling_handler"
@@ -168,22 +170,24 @@ class Workspace:
     def init_logging(self) -> None:
         """Log to stdout and to `log_path` through the `danling` logger (and capture warnings).
 
-        Handlers from an earlier runner in the same process are replaced, not stacked.
+        The file has `LOG_FORMAT` (time, level, logger); the console has the time and the message only, and writes
+        above the progress bar when one is on the screen (see [`progress`][danling.runner.progress]). Handlers
+        from an earlier runner in the same process are replaced, not stacked.
         """
         root = logging.getLogger("danling")
-        formatter = logging.Formatter(LOG_FORMAT)
-        stdout = logging.StreamHandler(sys.stdout)
+        stdout = ConsoleHandler(sys.stdout)
         stdout.setLevel(logging.INFO)
+        stdout.setFormatter(ConsoleFormatter())
         os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
         logfile = logging.FileHandler(self.log_path, mode="a", encoding="utf-8")
         logfile.setLevel(logging.DEBUG)
+        logfile.setFormatter(logging.Formatter(LOG_FORMAT))
         warnings_logger = logging.getLogger("py.warnings")
         for target in (root, warnings_logger):
             for handler in [h for h in target.handlers if getattr(h, _HANDLER_MARK, False)]:
                 target.removeHandler(handler)
                 handler.close()
         for handler in (stdout, logfile):
-            handler.setFormatter(formatter)
             setattr(handler, _HANDLER_MARK, True)
             root.addHandler(handler)
             warnings_logger.addHandler(handler)
