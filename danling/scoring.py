@@ -20,6 +20,7 @@ __all__ = [
     "find_scores",
     "format_result",
     "format_results_table",
+    "format_value",
     "infer_score_split",
     "table_columns",
 ]
@@ -146,7 +147,7 @@ def format_result(result: Mapping, format_spec: str = ".4f") -> str:
         if isinstance(value, Mapping):
             nested.append(f"{key}: {format_result(value, format_spec).replace(chr(10), chr(10) + '  ')}")
         else:
-            flat.append(f"{key}: {_format_value(value, format_spec)}")
+            flat.append(f"{key}: {format_value(value, format_spec)}")
     lines = (["\t".join(flat)] if flat else []) + nested
     return "\n".join(lines)
 
@@ -176,13 +177,19 @@ def format_results_table(
         for column, width in zip(columns, widths):
             split, _, metric = column.partition(".")
             value = result.get(split, {}).get(metric) if isinstance(result.get(split), Mapping) else None
-            cells.append(f"{_format_value(value, format_spec):>{width}}" if value is not None else " " * width)
+            cells.append(f"{format_value(value, format_spec):>{width}}" if value is not None else " " * width)
         marker = "  <- best" if index == best_index else ""
         lines.append(f"{index!s:>5}  " + "  ".join(cells) + marker)
     return "\n".join(lines)
 
 
-def _format_value(value: Any, format_spec: str) -> str:
+def format_value(value: Any, format_spec: str = ".4f") -> str:
+    """`value` as `format_spec` formats it; integers and booleans as they are, and what has no such format as `str`.
+
+    Examples:
+        >>> format_value(0.12345), format_value(3), format_value([1, 2])
+        ('0.1235', '3', '[1, 2]')
+    """
     if isinstance(value, (bool, int)):
         return str(value)
     if hasattr(value, "__format__") and not isinstance(value, (str, list, tuple)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
@@ -77,15 +79,19 @@ def make_config(root, **kwargs) -> dl.Config:
     return config
 
 
-class ResumableRunner(dl.TorchRunner):
+class ResumableRunner(dl.Runner):
     """Everything resume must restore: dropout (RNG), momentum, a warmup-cosine schedule, EMA, metrics, shuffling.
 
-    `config.fail_at_iter` raises `Interrupted` right after that micro-batch, as a crash would.
+    `config.fail_at_iter` raises `Interrupted` right after that micro-batch, as a crash would; `config.dropout`
+    (default 0.2) sets the dropout; `config.platform` picks the backend (`Runner`).
     """
 
     def __init__(self, config):
         super().__init__(config)
-        self.model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+        dropout = self.config.get("dropout")
+        self.model = nn.Sequential(
+            nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.2 if dropout is None else dropout), nn.Linear(16, 3)
+        )
         self.criterion = nn.CrossEntropyLoss()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
         self.datasets.train = classification_data(self.config.get("samples") or 60, seed=0)
@@ -100,6 +106,16 @@ class ResumableRunner(dl.TorchRunner):
         loss = super().train_step(batch)
         if self.config.get("fail_at_iter") is not None and self.config.iters == self.config.fail_at_iter:
             raise Interrupted(f"interrupted after micro-batch {self.config.iters}")
+        return loss
+
+
+class SlowRunner(ResumableRunner):
+    """`ResumableRunner` that prints each micro-batch and takes a while, so a test can signal it mid-run."""
+
+    def train_step(self, batch):
+        loss = super().train_step(batch)
+        print(f"iter {self.config.iters}", flush=True)
+        time.sleep(0.05)
         return loss
 
 

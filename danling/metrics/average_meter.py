@@ -69,6 +69,10 @@ class BaseMeter:
             ValueError: If `value` is a tensor with more than one element, or `n` is negative.
         """
         _check_update(value, n)
+        self._add(value, n)
+
+    def _add(self, value: float | Tensor, n: int) -> None:
+        # `accumulate` without the checks, for callers that made them already (`AverageMeters.update`).
         if isinstance(value, Tensor):
             value = value.detach()
             total = self._sum
@@ -176,6 +180,9 @@ def _check_update(value: Any, n: Any) -> None:
         TypeError: If `value` is neither a number nor a tensor, or `n` is not a number.
         ValueError: If `value` is a tensor with more than one element, or `n` is negative.
     """
+    # Exact type tests first: this runs on every training step, and an ABC check (`Real`) costs more.
+    if type(n) is int and n >= 0 and (type(value) is float or (type(value) is Tensor and value.numel() == 1)):
+        return
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"a meter takes one value per update, got a tensor of shape {tuple(value.shape)}")
@@ -421,7 +428,7 @@ class AverageMeters(BaseMeters):
                 meter = dict.get(self, name)
                 if meter is None:
                     meter = self[name]
-                meter.update(value, n)
+                meter._add(value, n)  # checked by `_entries` above
 
 
 class BaseMultiTaskMeters(_MeterReads, NestedDict):

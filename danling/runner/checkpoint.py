@@ -326,7 +326,7 @@ class CheckpointIO:
             raise ValueError(f"checkpoint has no 'runner' config; its keys are {sorted(map(str, ckpt))}")
         config = Config(ckpt["runner"])
         config.checkpoint = None if isinstance(checkpoint, Mapping) else os.fsdecode(checkpoint)
-        runner = cls.__new__(cls)
+        runner = cls.__new__(cls, config)  # type: ignore[call-arg]  # Runner.__new__ picks the platform from it
         # Handed to __init__ so the file is read once and the model is restored after the subclass builds it.
         object.__setattr__(runner, "_pending_checkpoint", ckpt)
         runner.__init__(config)  # type: ignore[misc]

@@ -8,11 +8,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..utils.seed import seed_everything
 from .parts import RunnerParts
 from .samplers import EvaluationSampler, TrainingSampler
 
-__all__ = ["DataMixin", "seed_worker", "to_device"]
+__all__ = ["DataMixin", "to_device"]
 
 # Keys of `config.dataloader` that are DataLoader arguments, not per-split sections.
 _LOADER_DEFAULTS = {"batch_size": 1, "num_workers": 0, "drop_last": False}
@@ -77,10 +76,9 @@ class DataMixin(RunnerParts):
             else:
                 sampler = EvaluationSampler(len(dataset), self.rank, self.world_size)
             options.setdefault("pin_memory", self.device.type == "cuda")
-            if options.get("num_workers", 0) > 0:
-                options.setdefault("worker_init_fn", seed_worker)
-            # A loader of its own: iterating a DataLoader draws a seed for its workers, and drawing it from the
-            # global generator would shift every later random number (dropout, augmentation) after a resume.
+            # A loader of its own: iterating a DataLoader draws the base seed of its workers (torch seeds `random`,
+            # NumPy and torch in each worker from it), and drawing it from the global generator would shift every
+            # later random number (dropout, augmentation) after a resume.
             generator = torch.Generator()
             generator.manual_seed((self.config.seed or 0) + self.rank)
             options.setdefault("generator", generator)
@@ -122,8 +120,3 @@ def to_device(data: Any, device: torch.device) -> Any:
     if isinstance(data, (list, tuple)):
         return type(data)(to_device(value, device) for value in data)
     return data
-
-
-def seed_worker(worker_id: int) -> None:
-    """Seed Python and NumPy in a DataLoader worker from the seed torch gave it."""
-    seed_everything(torch.initial_seed() % 2**32, torch=False)

@@ -57,25 +57,17 @@ class FSDPRunner(TorchRunner):
     checkpoint_extension = POINTER_EXTENSION
     _saves: int = 0
 
-    def __post_init__(self) -> None:
-        self.init_environment()
-        self.build_dataloaders()
-        self.move_to_device()
-        self.init_precision()
-        # Sharded before the checkpoint is restored: DCP loads into the shards, resharding as needed.
+    def restore_and_wrap(self) -> None:
+        """Shard the model first, then restore the checkpoint: DCP loads into the shards, resharding as needed."""
         self.wrap_model()
         self.restore_checkpoint()
-        if self.config.get("log_interval") is None and self.dataloaders:
-            self.config.log_interval = max(1, max(len(loader) for loader in self.dataloaders.values()) // 10)
 
     def init_distributed(self) -> None:
         """As `TorchRunner`, but one process gets a process group too: `fully_shard` needs one."""
         super().init_distributed()
         if dist.is_initialized():
             return
-        backend = self.config.get("backend") or ("nccl" if torch.cuda.is_available() else "gloo")
-        if backend == "nccl":
-            torch.cuda.set_device(du.get_local_rank())
+        backend = self.process_group_backend()
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         self.config.backend = backend
         du.destroy_process_group_at_exit()
@@ -117,18 +109,11 @@ class FSDPRunner(TorchRunner):
         if self.optimizer is not None:
             _rebind_optimizer(self.optimizer, names, dict(model.named_parameters()))
 
-    def unwrap(self, model: Any) -> Any:
-        """`model` itself: `fully_shard` changes a module in place rather than wrapping it."""
-        return super().unwrap(model)
-
     # Backend
 
-    def init_precision(self) -> None:
-        """fp16 on CUDA keeps a `GradScaler`; casting is FSDP's `MixedPrecisionPolicy`, not autocast."""
-        super().init_precision()
-
     def autocast(self) -> Any:
-        """A null context: FSDP casts parameters and inputs itself."""
+        """A null context: FSDP casts parameters and inputs itself (`MixedPrecisionPolicy`); fp16 on CUDA still
+        gets `TorchRunner`'s `GradScaler`."""
         return nullcontext()
 
     def accumulate(self) -> Any:
@@ -177,12 +162,12 @@ class FSDPRunner(TorchRunner):
         tag = f"{name}-s{self.config.steps}-{self._saves}"
         shards = os.path.join(self.checkpoint_dir, SHARDS_DIR_NAME)
         directory = os.path.join(shards, tag)
-        state = self.state_dict()  # on every process: per-process entries come from the loop's snapshot
         if self.is_main_process:
             if os.path.exists(directory):  # a save of an earlier launch, killed before it finished
                 shutil.rmtree(directory)
             os.makedirs(directory)
-            save(state, os.path.join(directory, RUN_STATE_FILE))
+            # Other processes' entries come from the loop's snapshot: nothing to gather here.
+            save(self.state_dict(), os.path.join(directory, RUN_STATE_FILE))
         du.barrier()  # the directory exists (on a shared filesystem) before any process writes into it
         fsdp_utils.dcp_save(self.sharded_state(), directory)
         if not self.is_main_process:
@@ -199,6 +184,11 @@ class FSDPRunner(TorchRunner):
         if at_epoch_end and save_best and self.is_best:
             _point(self.checkpoint_dir, "best", target)
         _remove_unreferenced(self.checkpoint_dir)
+
+    @staticmethod
+    def is_checkpoint(path: str) -> bool:
+        """Whether `path` names a DCP checkpoint: a `.dcp` pointer, or a directory with DCP's `.metadata`."""
+        return path.endswith(POINTER_EXTENSION) or os.path.isfile(os.path.join(path, fsdp_utils.METADATA_FILE))
 
     @classmethod
     def read_checkpoint_file(cls, checkpoint: CheckpointLike, **kwargs: Any) -> Mapping:
@@ -240,7 +230,7 @@ class FSDPRunner(TorchRunner):
         if self.model is None:
             raise ValueError("model is not defined: assign self.model before loading pretrained weights")
         path = os.fsdecode(checkpoint) if not isinstance(checkpoint, Mapping) else None
-        if path is not None and (path.endswith(POINTER_EXTENSION) or os.path.isdir(path)):
+        if path is not None and (self.is_checkpoint(path) or os.path.isdir(path)):
             fsdp_utils.dcp_load({"model": fsdp_utils.ModelOptimizerState(self.model)}, resolve_checkpoint(path))
             return
         full = extract_model_state(super().read_checkpoint_file(checkpoint, **kwargs))

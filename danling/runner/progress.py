@@ -21,6 +21,8 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
+from ..scoring import format_value
+
 __all__ = [
     "CONSOLE_DATE_FORMAT",
     "CONSOLE_FORMAT",
@@ -117,7 +119,7 @@ def format_postfix(result: Mapping, width: int | None = None, format_spec: str =
     """
     text = ""
     for name, value in _scalars(result):
-        pair = f"{name}={_format(value, format_spec)}"
+        pair = f"{name}={format_value(value, format_spec)}"
         candidate = f"{text}, {pair}" if text else pair
         if width is not None and len(candidate) > width:
             break
@@ -192,12 +194,3 @@ def _scalars(result: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
         elif not isinstance(value, (list, tuple, str)):
             items.append((f"{prefix}{key}", value))
     return items
-
-
-def _format(value: Any, format_spec: str) -> str:
-    if isinstance(value, (bool, int)):
-        return str(value)
-    try:
-        return format(value, format_spec)
-    except (TypeError, ValueError):  # a value that has no such format (a multi-element tensor): as it prints
-        return str(value)

@@ -266,8 +266,6 @@ class Results:
         Each file is written atomically; a failure raises with the path in the message. Only the main process
         writes; on the others this does nothing, so it may be called from any of them.
         """
-        if not self.is_main_process:  # type: ignore[attr-defined]
-            return
         directory = self.dir  # type: ignore[attr-defined]
         header = {"name": self.name, "id": self.id, "timestamp": self.timestamp}  # type: ignore[attr-defined]
         results = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -45,10 +46,15 @@ class Runner(TorchRunner):
             return super().__new__(cls)
         return super().__new__(_with_backend(cls, backend))
 
-    def __init__(self, config: Any) -> None:
-        platform = config.get("platform", "auto") if isinstance(config, Mapping) else "auto"
-        check_platform(platform)
-        super().__init__(config)
+    @classmethod
+    def read_checkpoint_file(cls, checkpoint: Any, **kwargs: Any) -> Mapping:
+        """Read a checkpoint of any platform: a DCP checkpoint (FSDP) by its reader, else a single file.
+
+        `Runner.from_checkpoint` reads the file before it knows the platform the file's config names.
+        """
+        if not isinstance(checkpoint, Mapping) and FSDPRunner.is_checkpoint(os.fsdecode(checkpoint)):
+            return FSDPRunner.read_checkpoint_file(checkpoint, **kwargs)
+        return super().read_checkpoint_file(checkpoint, **kwargs)
 
 
 @cache

@@ -14,13 +14,13 @@ from torch import nn
 from ..utils import distributed as du
 from ..utils.seed import seed_everything
 from .base_runner import BaseRunner
-from .data import DataMixin, seed_worker, to_device
+from .data import DataMixin, to_device
 from .evaluation import EvaluationLoop
 from .meta import RunnerMode
 from .state import ProcessStateMixin
 from .training import TrainingLoop
 
-__all__ = ["TorchRunner", "seed_worker", "to_device"]
+__all__ = ["TorchRunner", "to_device"]
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 """Autocast dtype for each reduced `Config.precision`."""
@@ -70,11 +70,15 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         self.build_dataloaders()
         self.move_to_device()
         self.init_precision()
-        self.restore_checkpoint()
-        self.wrap_model()
+        self.restore_and_wrap()
         if self.config.get("log_interval") is None and self.dataloaders:
             # About ten lines per epoch; an explicit value of 0 or below turns the lines off.
             self.config.log_interval = max(1, max(len(loader) for loader in self.dataloaders.values()) // 10)
+
+    def restore_and_wrap(self) -> None:
+        """Restore the checkpoint given at construction, then wrap the model (DDP takes the restored weights)."""
+        self.restore_checkpoint()
+        self.wrap_model()
 
     # Environment
 
@@ -88,9 +92,7 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         if not dist.is_available() or (world_size <= 1 and not dist.is_initialized()):
             return
         if not dist.is_initialized():
-            backend = self.config.get("backend") or ("nccl" if torch.cuda.is_available() else "gloo")
-            if backend == "nccl":
-                torch.cuda.set_device(du.get_local_rank())
+            backend = self.process_group_backend()
             rank = self.config.get("rank")
             dist.init_process_group(
                 backend,
@@ -103,6 +105,16 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         _DISTRIBUTED_RUNNERS.add(self)
         self.config.backend = dist.get_backend()
         self.timestamp = du.broadcast_object(self.timestamp)
+
+    def process_group_backend(self) -> str:
+        """The backend of a process group this runner creates: `config.backend`, else `nccl` on CUDA, else `gloo`.
+
+        For `nccl`, this process's GPU (by local rank) becomes the current device first.
+        """
+        backend = self.config.get("backend") or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(du.get_local_rank())
+        return backend
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         """`obj` as held by process `src`, on every process."""

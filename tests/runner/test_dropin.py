@@ -9,9 +9,8 @@ from uuid import uuid5
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
-from toys import ClassificationRunner, RegressionRunner, ResumableRunner, make_config
+from toys import RegressionRunner, ResumableRunner, make_config
 
 import danling as dl
 
@@ -144,13 +143,6 @@ def test_max_epoch_checkpoints_must_be_positive():
 # Saving from any process
 
 
-def test_save_checkpoint_on_one_process_is_not_collective(tmp_path):
-    runner = ClassificationRunner(make_config(tmp_path, epoch_end=1))
-    runner.train()
-    runner.save_checkpoint(name="manual")
-    assert os.path.exists(os.path.join(runner.checkpoint_dir, "manual.pth"))
-
-
 @pytest.mark.parametrize("who", ["main", "rank1", "all"])
 def test_save_called_on_some_processes_neither_hangs_nor_loses_exactness(tmp_path, distributed_runner, who):
     output = tmp_path / "out"
@@ -178,10 +170,3 @@ def test_a_checkpoint_without_other_ranks_state_warns_on_load(tmp_path):
     state["rng"] = [None]
     with pytest.warns(RuntimeWarning, match="no rng of process 0"):
         ResumableRunner(make_config(tmp_path, epoch_end=1)).load_state_dict(state)
-
-
-def test_a_runner_without_a_model_module_has_no_mode_side_effects(tmp_path):
-    runner = dl.TorchRunner(make_config(tmp_path))
-    runner.model = nn.Identity()
-    runner.mode = "eval"
-    assert not runner.model.training

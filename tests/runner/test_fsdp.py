@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import danling as dl
 from danling.runner.fsdp_runner import FSDPRunner, resolve_checkpoint
 from danling.utils.io import CorruptFileError
 
@@ -83,9 +81,12 @@ def test_an_incomplete_dcp_checkpoint_is_named_and_skipped(tmp_path):
         FSDPRunner.read_checkpoint_file(str(tmp_path / "nowhere.dcp"))
 
 
-def test_runner_dispatches_fsdp_and_lists_it_among_platforms():
-    assert dl.runner.runner.check_platform("fsdp") is FSDPRunner
-    with pytest.raises(ValueError, match="fsdp"):
-        dl.Runner({"platform": "tpu", "log": False})
-    assert "fsdp" in dl.runner.config.PLATFORMS
-    assert sys.modules.get("danling.runner.fsdp_runner") is not None
+def test_fsdp_on_one_process_resumes_as_fsdp_and_loads_pretrained_weights_either_way(tmp_path, distributed_runner):
+    report = run(distributed_runner, tmp_path, "single", nproc=1)[0]
+    # Runner(platform="fsdp") and from_checkpoint of its checkpoint are FSDP runners; platform "torch" is not.
+    assert report["types"] == [True, True, True, False]
+    assert report["epoch_begin"] == 1
+    assert_close(report["resumed"]["model"], report["final"]["model"], atol=0)
+    assert_close(report["resumed"]["ema"], report["final"]["ema"], atol=0)
+    assert_close(report["pretrained"], report["final"]["model"], atol=0)
+    assert_close(report["plain"], report["final"]["model"], atol=0)

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from toys import ResumableRunner, make_config
+from toys import SlowRunner, make_config
 
 SETTINGS = {"epoch_end": 3, "samples": 60, "val_samples": 25}
-
-
-class SlowRunner(ResumableRunner):
-    def train_step(self, batch):
-        loss = super().train_step(batch)
-        print(f"iter {self.config.iters}", flush=True)
-        time.sleep(0.05)
-        return loss
 
 
 if __name__ == "__main__":
