@@ -12,7 +12,6 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-import torch
 from toys import ResumableRunner, make_config
 
 from danling.runner.preemption import Preempted
@@ -38,4 +37,5 @@ if runner.is_main_process:
     record["latest"] = os.path.join(runner.checkpoint_dir, "latest.pth")
 with open(os.path.join(root, f"rank{runner.rank}.json"), "w") as fp:
     json.dump(record, fp)
-torch.distributed.destroy_process_group()
+# No destroy_process_group() here: the runner created the group and tears it down at exit, after dropping the
+# DDP wrapper that would keep it alive (destroying it while that wrapper lives can abort the process at exit).

@@ -33,4 +33,5 @@ resumed = ResumableRunner.from_checkpoint(os.path.join(interrupted.checkpoint_di
 resumed.config.fail_at_iter = None
 resumed.train()
 torch.save(final_state(resumed), os.path.join(root, f"rank{rank}-resumed.pt"))
-torch.distributed.destroy_process_group()
+# No destroy_process_group() here: the runner created the group and tears it down at exit, after dropping the
+# DDP wrapper that would keep it alive (destroying it while that wrapper lives can abort the process at exit).

@@ -98,4 +98,5 @@ record = {
 }
 with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as fp:
     json.dump(record, fp)
-torch.distributed.destroy_process_group()
+# No destroy_process_group() here: the runner created the group and tears it down at exit, after dropping the
+# DDP wrapper that would keep it alive (destroying it while that wrapper lives can abort the process at exit).
