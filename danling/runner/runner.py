@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from functools import cache
@@ -12,26 +13,30 @@ from .torch_runner import TorchRunner
 
 __all__ = ["PLATFORM_RUNNERS", "Runner"]
 
-PLATFORM_RUNNERS: dict[str, type | None] = {
-    "auto": TorchRunner,
-    "torch": TorchRunner,
-    "fsdp": FSDPRunner,
-    "accelerate": None,
-    "deepspeed": None,
+PLATFORM_RUNNERS: dict[str, str] = {
+    "auto": "danling.runner.torch_runner:TorchRunner",
+    "torch": "danling.runner.torch_runner:TorchRunner",
+    "fsdp": "danling.runner.fsdp_runner:FSDPRunner",
+    "accelerate": "danling.runner.accelerate_runner:AccelerateRunner",
+    "deepspeed": "danling.runner.deepspeed_runner:DeepSpeedRunner",
 }
-"""Runner class of each platform; `None` marks platforms reserved for backends that do not exist yet.
+"""Runner class of each platform, as `module:Class`, imported only when the platform is asked for.
 
 `auto` is `torch`: never another platform because its package happens to be installed.
 """
+
+PLATFORM_EXTRAS: dict[str, str] = {"accelerate": "accelerate", "deepspeed": "deepspeed"}
+"""The optional package each platform needs, and the extra of `danling` that installs it."""
 
 
 class Runner(TorchRunner):
     """The runner to subclass when the platform comes from the config.
 
     `Runner(config)` behaves as [`TorchRunner`][danling.TorchRunner] for `config.platform` of `"torch"` or
-    `"auto"`, and as [`FSDPRunner`][danling.runner.fsdp_runner.FSDPRunner] for `"fsdp"`: a subclass of `Runner`
-    is combined with the platform's runner, so the same script runs on either. `"accelerate"` and `"deepspeed"`
-    are reserved and raise `NotImplementedError`; any other value raises `ValueError` listing the valid platforms.
+    `"auto"`, and as [`FSDPRunner`][danling.runner.fsdp_runner.FSDPRunner] for `"fsdp"`, as `AccelerateRunner` for `"accelerate"` and as `DeepSpeedRunner` for `"deepspeed"`: a subclass of
+    `Runner` is combined with the platform's runner, so the same script runs on any of them. A platform whose
+    package is missing raises `ImportError` naming what to install; any other value raises `ValueError` listing
+    the valid platforms.
 
     Examples:
         >>> Runner({"platform": "tpu", "log": False})
@@ -64,11 +69,23 @@ def _with_backend(cls: type, backend: type) -> type:
 
 
 def check_platform(platform: str) -> type:
-    """The runner class for `platform`; raise if it is unknown or not available yet."""
+    """The runner class for `platform`.
+
+    Raises:
+        ValueError: `platform` is not one of `PLATFORM_RUNNERS`.
+        ImportError: the platform's optional package is not installed; the message says what to install.
+    """
     if platform not in PLATFORM_RUNNERS:
         raise ValueError(f"unknown platform {platform!r}; expected one of: {', '.join(PLATFORM_RUNNERS)}")
-    runner = PLATFORM_RUNNERS[platform]
-    if runner is None:
-        available = ", ".join(name for name, cls in PLATFORM_RUNNERS.items() if cls is not None)
-        raise NotImplementedError(f"platform {platform!r} is not available yet; use one of: {available}")
-    return runner
+    module_name, class_name = PLATFORM_RUNNERS[platform].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        package = PLATFORM_EXTRAS.get(platform)
+        if package is None or error.name != package:
+            raise
+        raise ImportError(
+            f"platform {platform!r} needs the package {package!r}, which is not installed; "
+            f"install it with: pip install 'danling[{package}]'"
+        ) from error
+    return getattr(module, class_name)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -286,8 +288,21 @@ def test_runner_dispatches_on_platform(tmp_path):
     assert isinstance(dl.Runner(make_config(tmp_path, platform="torch")), dl.TorchRunner)
     with pytest.raises(ValueError, match="expected one of: auto, torch"):
         dl.Runner(make_config(tmp_path, platform="tpu"))
-    with pytest.raises(NotImplementedError, match="deepspeed"):
-        dl.Runner(make_config(tmp_path, platform="deepspeed"))
+
+
+@pytest.mark.parametrize("platform", ["deepspeed", "accelerate"])
+def test_a_platform_whose_package_is_missing_says_what_to_install(tmp_path, platform):
+    # None in sys.modules is how Python itself marks a module as not importable.
+    script = (
+        "import sys, danling as dl\n"
+        f"sys.modules[{platform!r}] = None\n"
+        "try:\n"
+        f"    dl.Runner({{'platform': {platform!r}, 'log': False, 'tensorboard': False}})\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert f"pip install 'danling[{platform}]'" in result.stdout, result.stdout + result.stderr
 
 
 def test_runner_works_as_a_user_base_class(tmp_path):
