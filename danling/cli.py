@@ -165,9 +165,9 @@ def _show_lines(
         f"timestamp:   {run.timestamp or '-'}",
         f"directory:   {run.dir}",
         f"state:       {_state_text(run)}{updated}",
-        f"epochs:      {_progress(run.epochs, run.epoch_end)}",
+        f"epochs:      {_progress(run.epochs, run.epoch_end)}{' (passes, training by steps)' if run.by_steps else ''}",
         f"steps:       {_progress(run.steps, run.step_end)}",
-        f"best:        {_best_text(run, at='at epoch')}",
+        f"best:        {_best_text(run, at='at step' if run.by_steps else 'at epoch')}",
     ]
     if run.error:
         lines.append(f"error:       {run.error}")
@@ -177,7 +177,7 @@ def _show_lines(
     else:
         with open(os.path.join(run.dir, CONFIG_FILE), encoding="utf-8") as fp:
             lines += [f"  {line}" for line in fp.read().splitlines()]
-    lines += ["", "results:", _results_table(config or {}, results) or "  no results yet"]
+    lines += ["", "results:", _results_table(config or {}, results, run.by_steps) or "  no results yet"]
     directory = checkpoint_dir(run.dir, state, config)
     lines += ["", f"checkpoints ({directory}):"]
     width = max(map(len, run.checkpoints), default=0)
@@ -194,7 +194,7 @@ def _show_lines(
     return lines
 
 
-def _results_table(config: dict, results: dict) -> str:
+def _results_table(config: dict, results: dict, by_steps: bool = False) -> str:
     """The table `runner.results_table()` prints, from the results and config on disk."""
     if not results:
         return ""
@@ -203,7 +203,8 @@ def _results_table(config: dict, results: dict) -> str:
         best_index = find_best_index(find_scores(results, split, name), best_fn)
     except ValueError:  # the score is not in the results: the table has no best row
         best_index = None
-    return format_results_table(results, table_columns(results[next(reversed(results))]), best_index)
+    columns = table_columns(results[next(reversed(results))])
+    return format_results_table(results, columns, best_index, index_name="step" if by_steps else "epoch")
 
 
 def _size(path: str) -> str:

@@ -69,7 +69,9 @@ class RunSummary:
     """One run directory at a glance: what [`read_run`][danling.runs.read_run] found in it.
 
     `state` is what `run.json` says, except that a run it calls `running` whose process is gone from this machine
-    is `crashed`; `unknown` when there is no `run.json`. `epochs` counts the epochs with a result.
+    is `crashed`; `unknown` when there is no `run.json`. `epochs` counts the epochs with a result; for a run trained
+    by steps (`by_steps`: `step_end` or `iter_end` without `epoch_end`) it is the passes over the data begun, and
+    `best_epoch` is the step of the best evaluation.
     """
 
     dir: str
@@ -84,6 +86,7 @@ class RunSummary:
     epoch_end: int | None = None
     steps: int | None = None
     step_end: int | None = None
+    by_steps: bool = False
     score_split: str | None = None
     score_name: str | None = None
     best_score: Any = None
@@ -231,10 +234,13 @@ def read_run(run_dir: str) -> RunSummary:
         updated=state.get("updated"),
         epochs=len(results),
         epoch_end=config.get("epoch_end"),
+        by_steps=config.get("epoch_end") is None and bool(config.get("step_end") or config.get("iter_end")),
         steps=state.get("steps"),
         step_end=config.get("step_end"),
         error=state.get("error"),
     )
+    if summary.by_steps:
+        summary.epochs = state.get("epochs", 0) + 1 if summary.steps else 0
     if results:
         try:
             split, name, best_fn = score_settings(config, results)

@@ -153,7 +153,11 @@ def format_result(result: Mapping, format_spec: str = ".4f") -> str:
 
 
 def format_results_table(
-    results: Mapping, columns: Sequence[str], best_index: Any = None, format_spec: str = ".4f"
+    results: Mapping,
+    columns: Sequence[str],
+    best_index: Any = None,
+    format_spec: str = ".4f",
+    index_name: str = "epoch",
 ) -> str:
     """A text table of `results` (`{index: {split: {metric: value}}}`), one row per index.
 
@@ -162,6 +166,7 @@ def format_results_table(
         columns: `"split.metric"` names of the values to show, in order.
         best_index: Index of the row to mark as the best.
         format_spec: Format of the values.
+        index_name: Heading of the index column: `"epoch"`, or `"step"` for a run trained by steps.
 
     Examples:
         >>> results = {0: {"val": {"loss": 0.5, "acc": 0.75}}, 1: {"val": {"loss": 0.25, "acc": 0.875}}}
@@ -171,7 +176,11 @@ def format_results_table(
             1    0.2500   0.8750  <- best
     """
     widths = [max(len(column), len(format(0.0, format_spec))) for column in columns]
-    lines = ["epoch  " + "  ".join(f"{column:>{width}}" for column, width in zip(columns, widths))]
+    index_width = max(5, len(index_name), *(len(str(index)) for index in results))
+    header = f"{index_name:<{index_width}}  " + "  ".join(
+        f"{column:>{width}}" for column, width in zip(columns, widths)
+    )
+    lines = [header]
     for index, result in results.items():
         cells = []
         for column, width in zip(columns, widths):
@@ -179,7 +188,7 @@ def format_results_table(
             value = result.get(split, {}).get(metric) if isinstance(result.get(split), Mapping) else None
             cells.append(f"{format_value(value, format_spec):>{width}}" if value is not None else " " * width)
         marker = "  <- best" if index == best_index else ""
-        lines.append(f"{index!s:>5}  " + "  ".join(cells) + marker)
+        lines.append(f"{index!s:>{index_width}}  " + "  ".join(cells) + marker)
     return "\n".join(lines)
 
 

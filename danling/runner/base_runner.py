@@ -398,6 +398,15 @@ class BaseRunner(Workspace, Results, CheckpointIO, metaclass=RunnerMeta):  # pyl
         raise ValueError("total_epochs needs config.epoch_end, which is not set")
 
     @property
+    def trains_by_steps(self) -> bool:
+        """Whether the run is counted in optimizer steps: `step_end` or `iter_end` is set and `epoch_end` is not.
+
+        `train` then passes over the data as often as needed, evaluates every `eval_interval` steps and at the
+        end, and indexes `results` by step.
+        """
+        return self.config.epoch_end is None and bool(self.config.step_end or self.config.iter_end)
+
+    @property
     def accum_steps(self) -> int:
         """Micro-batches accumulated into one optimizer step."""
         return self.config.accum_steps

@@ -236,11 +236,13 @@ class CheckpointIO:
         spare = bool(self.config.get("checkpoint_spare")) and latest_path.endswith(".pth")
         self.save(state, latest_path, spare=spare)  # type: ignore[attr-defined]
         save_interval = interval(self.config.get("save_interval"))
-        at_epoch_end = "position" not in state  # a checkpoint from inside an epoch is never a snapshot or best
-        if at_epoch_end and save_interval and (epochs + 1) % save_interval == 0:
+        position = state.get("position")
+        if position is None and save_interval and (epochs + 1) % save_interval == 0:
             atomic_copy(latest_path, os.path.join(checkpoint_dir, f"epoch-{epochs}.pth"))
             prune_epoch_checkpoints(checkpoint_dir, self.config.get("max_epoch_checkpoints"))
-        if at_epoch_end and save_best and self.is_best:  # type: ignore[attr-defined]
+        # Inside an epoch, only a checkpoint taken right after an evaluation (training by steps) is scored.
+        scored = position is None or bool(position.get("evaluated"))
+        if scored and save_best and self.is_best:  # type: ignore[attr-defined]
             atomic_copy(latest_path, os.path.join(checkpoint_dir, "best.pth"))
 
     def load_config(self, checkpoint: CheckpointLike, overwrite: bool = False, *args: Any, **kwargs: Any) -> None:

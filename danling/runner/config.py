@@ -29,7 +29,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 PLATFORMS = ("auto", "torch", "fsdp", "accelerate", "deepspeed")
 """Values `Config.platform` accepts."""
 
-INTERVALS = ("log_interval", "save_interval", "checkpoint_interval")
+INTERVALS = ("log_interval", "save_interval", "checkpoint_interval", "eval_interval")
 """Interval knobs that are off when `None`, `0` or negative, as in the original DanLing (whose default is `-1`)."""
 
 
@@ -90,9 +90,15 @@ class Config(chanfig.Config):
     iter_end: int | None = None
     """Stop after this many iterations in total, if set."""
     step_end: int | None = None
-    """Stop after this many optimizer steps in total, if set."""
+    """Stop after this many optimizer steps in total, if set. Without `epoch_end`, the run is counted in steps:
+    `train` passes over the data as often as needed and stops exactly here (see `eval_interval`)."""
     epoch_end: int | None = None
-    """Train epochs `epoch_begin` to `epoch_end - 1`."""
+    """Train epochs `epoch_begin` to `epoch_end - 1`. Leave it unset, with `step_end` or `iter_end` set, to train
+    by steps."""
+    eval_interval: int | None = None
+    """When training by steps (`step_end` or `iter_end` without `epoch_end`): evaluate every this many optimizer
+    steps, and at the end; results are then indexed by step. `None`, `0` or a negative value evaluates at the end
+    only. Ignored when training by epochs, which evaluates after every epoch."""
 
     # Scores
     score_split: str | None = None
@@ -102,7 +108,8 @@ class Config(chanfig.Config):
     score_mode: str | None = None
     """`"min"` or `"max"` to force which scores are better; `None` infers it from `score_name`."""
     patience: int | None = None
-    """Stop training after this many epochs without a new best score; `None` never stops early."""
+    """Stop training after this many epochs (evaluations, when training by steps) without a new best score; `None`
+    never stops early."""
 
     # Where things go
     project_root: str = DEFAULT_PROJECT_ROOT

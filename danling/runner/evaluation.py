@@ -131,9 +131,10 @@ class EvaluationLoop(RunnerParts):
     def _progress_bar(self, loader: Iterable, split: str, total: int | None = None, initial: int = 0) -> Iterable:
         """`loader` in a progress bar on the main process when stdout is a terminal (and `config.progress`).
 
-        The bar reads `epoch [3/19] train` during `train`, as the epoch lines name the epoch, and the split alone
-        otherwise. It counts batches done of `total` (by default `len(loader)`), as the step lines do; `initial`
-        is the batches a resumed pass had done. Elsewhere `loader` itself is returned.
+        The bar reads `epoch [3/19] train` during `train`, as the epoch lines name the epoch (`pass [3] train` when
+        training by steps), and the split alone otherwise. It counts batches done of `total` (by default
+        `len(loader)`), as the step lines do; `initial` is the batches a resumed pass had done. Elsewhere `loader`
+        itself is returned.
         """
         if not (self.config.progress and self.is_main_process and sys.stdout.isatty()):
             return loader
@@ -142,7 +143,12 @@ class EvaluationLoop(RunnerParts):
         epoch_end = self.config.epoch_end
         # `_epoch_result` is set by `train` for the length of an epoch: evaluations inside it belong to the epoch.
         in_epoch = self._mode is RunnerMode.train or getattr(self, "_epoch_result", None) is not None
-        description = f"{epoch_label(self.config.epochs, epoch_end)} {split}" if in_epoch and epoch_end else split
+        if in_epoch and epoch_end:
+            description = f"{epoch_label(self.config.epochs, epoch_end)} {split}"
+        elif self._mode is RunnerMode.train and self.trains_by_steps:
+            description = f"pass [{self.config.epochs}] {split}"  # passes are counted from 0, as epochs are
+        else:
+            description = split
         return progress_bar(loader, description, total=total, initial=initial)
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import sys
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 from ..scoring import format_value
@@ -31,6 +32,7 @@ __all__ = [
     "ConsoleHandler",
     "current_bar",
     "format_postfix",
+    "inner_bars",
     "progress_bar",
     "show_metrics",
     "write",
@@ -68,6 +70,20 @@ def progress_bar(iterable: Iterable, description: str, total: int | None = None,
     )
     _current = weakref.ref(bar)
     return bar
+
+
+@contextmanager
+def inner_bars() -> Iterator[None]:
+    """Bars opened inside are drawn below the current one, which is current again once they are done.
+
+    For an evaluation inside a training pass: the training bar keeps its line and, afterwards, its postfix.
+    """
+    global _current
+    outer = _current
+    try:
+        yield
+    finally:
+        _current = outer
 
 
 def current_bar() -> Any | None:

@@ -162,7 +162,7 @@ class Results:
         print(f"best result: {self.best_result}")
 
     def results_table(self, columns: Sequence[str] | None = None, format_spec: str = ".4f") -> str:
-        """`results` as a text table, one row per epoch, the best one marked.
+        """`results` as a text table, one row per epoch (per evaluation when training by steps), the best one marked.
 
         Args:
             columns: `"split.metric"` names to show; by default every metric of every split in the latest result.
@@ -172,7 +172,8 @@ class Results:
             return ""
         if columns is None:
             columns = table_columns(self.results[next(reversed(self.results))])
-        return format_results_table(self.results, columns, self.best_index, format_spec)
+        index_name = "step" if self.trains_by_steps else "epoch"  # type: ignore[attr-defined]
+        return format_results_table(self.results, columns, self.best_index, format_spec, index_name)
 
     def format_result(self, result: Mapping, format_spec: str = ".4f") -> str:
         """Format a result for a log line; see [`format_result`][danling.runner.results.format_result]."""

@@ -33,8 +33,9 @@ class Runner(TorchRunner):
     """The runner to subclass when the platform comes from the config.
 
     `Runner(config)` behaves as [`TorchRunner`][danling.TorchRunner] for `config.platform` of `"torch"` or
-    `"auto"`, and as [`FSDPRunner`][danling.runner.fsdp_runner.FSDPRunner] for `"fsdp"`, as `AccelerateRunner` for `"accelerate"` and as `DeepSpeedRunner` for `"deepspeed"`: a subclass of
-    `Runner` is combined with the platform's runner, so the same script runs on any of them. A platform whose
+    `"auto"`, as [`FSDPRunner`][danling.runner.fsdp_runner.FSDPRunner] for `"fsdp"`, as `AccelerateRunner` for
+    `"accelerate"` and as `DeepSpeedRunner` for `"deepspeed"`: a subclass of `Runner` is combined with the
+    platform's runner, so the same script runs on any of them. A platform whose
     package is missing raises `ImportError` naming what to install; any other value raises `ValueError` listing
     the valid platforms.
 

@@ -18,11 +18,12 @@ from .meta import RunnerMode
 from .parts import RunnerParts
 from .preemption import Preempted, PreemptionWatcher
 from .samplers import TrainingSampler
+from .stepping import StepTraining
 
 __all__ = ["TrainingLoop"]
 
 
-class TrainingLoop(RunnerParts):
+class TrainingLoop(StepTraining, RunnerParts):
     """`train`, `train_epoch`, `train_step`, `advance` and `step`; part of [`TorchRunner`][danling.TorchRunner].
 
     The loop never asks which backend runs it: the backend supplies `backward`, `clip_gradients`,
@@ -41,12 +42,16 @@ class TrainingLoop(RunnerParts):
     def train(
         self, train_splits: Sequence[str] | None = None, evaluate_splits: Sequence[str] | None = None
     ) -> NestedDict:
-        """Train from `epoch_begin` to `epoch_end`, evaluating after every epoch.
+        """Train from `epoch_begin` to `epoch_end`, evaluating after every epoch; or by steps, up to `step_end`.
 
         Each epoch's result `{split: {metric: value}}` is appended to `results`, printed, saved to the run
         directory and written to TensorBoard; a checkpoint is saved (`latest`, and `best` when best, unless
         `config.save_checkpoints` is off). Training stops early after `config.patience` epochs without a new
         best score, or when `iter_end`/`step_end` is reached.
+
+        With `step_end` (or `iter_end`) and no `epoch_end`, the run is counted in optimizer steps: it passes over
+        the data as often as needed, stops exactly at `step_end`, evaluates every `config.eval_interval` steps and
+        at the end, and indexes `results` by step (see [`danling.runner.stepping`][danling.runner.stepping]).
 
         Returns:
             `results`.
@@ -60,42 +65,21 @@ class TrainingLoop(RunnerParts):
         missing = [split for split in [*train_splits, *evaluate_splits] if split not in self.dataloaders]
         if missing:
             raise ValueError(f"no dataloader for split(s) {missing}; there are: {list(self.dataloaders.keys())}")
-        if self.config.epoch_end is None:
-            raise ValueError("train needs config.epoch_end, which is not set")
+        by_steps = self.trains_by_steps
+        if self.config.epoch_end is None and not by_steps:
+            raise ValueError("train needs config.epoch_end, or step_end or iter_end to train by steps; none is set")
         unset = [name for name in ("model", "criterion", "optimizer") if getattr(self, name) is None]
         if unset:
             raise ValueError(f"train needs {', '.join(unset)}: assign self.{unset[0]} in your runner's __init__")
-        patience = self.config.get("patience")
         self.write_config_file()
         self.write_run_state("running")
-        end_state = "finished"
         with PreemptionWatcher() as watcher:
             self._preemption, self._agreed_signal = watcher, None
             try:
-                for epoch in range(self.config.epoch_begin, self.config.epoch_end):
-                    self.config.epochs = epoch
-                    result = self._epoch_result = self._resumed_partial_result(epoch)
-                    for split in train_splits:
-                        if split not in result:
-                            result[split] = self.train_epoch(split)
-                    for split in evaluate_splits:
-                        result[split] = self.evaluate_epoch(split)
-                    self._epoch_result = None
-                    self.append_result(result, index=epoch)
-                    print(self.format_epoch_result(result))
-                    self.save_result()
-                    for split, split_result in result.items():
-                        self.write_result(split_result, f"{split}/epoch", steps=epoch)
-                    self.collect_process_state()
-                    if self.config.save_checkpoints:
-                        self.save_checkpoint()
-                    self.write_run_state("running")
-                    if self._reached_end():
-                        break
-                    if patience and epoch - self.best_index >= patience:
-                        print(f"early stop: no better {self.config.score_name} for {patience} epochs")
-                        end_state = "stopped_early"
-                        break
+                if by_steps:
+                    end_state = self._train_by_steps(train_splits, evaluate_splits)
+                else:
+                    end_state = self._train_by_epochs(train_splits, evaluate_splits)
             except Preempted as preempted:
                 self._record_failure("interrupted", signal=signal.Signals(preempted.signum).name)
                 raise
@@ -112,6 +96,34 @@ class TrainingLoop(RunnerParts):
                 if self.writer is not None:
                     self.writer.flush()
         return self.results
+
+    def _train_by_epochs(self, train_splits: Sequence[str], evaluate_splits: Sequence[str]) -> str:
+        """Epochs `epoch_begin` to `epoch_end - 1`, each trained then evaluated; returns how the run ended."""
+        patience = self.config.get("patience")
+        for epoch in range(self.config.epoch_begin, self.config.epoch_end):
+            self.config.epochs = epoch
+            result = self._epoch_result = self._resumed_partial_result(epoch)
+            for split in train_splits:
+                if split not in result:
+                    result[split] = self.train_epoch(split)
+            for split in evaluate_splits:
+                result[split] = self.evaluate_epoch(split)
+            self._epoch_result = None
+            self.append_result(result, index=epoch)
+            print(self.format_epoch_result(result))
+            self.save_result()
+            for split, split_result in result.items():
+                self.write_result(split_result, f"{split}/epoch", steps=epoch)
+            self.collect_process_state()
+            if self.config.save_checkpoints:
+                self.save_checkpoint()
+            self.write_run_state("running")
+            if self._reached_end():
+                break
+            if patience and epoch - self.best_index >= patience:
+                print(f"early stop: no better {self.config.score_name} for {patience} epochs")
+                return "stopped_early"
+        return "finished"
 
     def _record_failure(self, state: str, **info: Any) -> None:
         # The error that ended the run is what the user must see: a run.json that cannot be written (the disk that
@@ -131,7 +143,11 @@ class TrainingLoop(RunnerParts):
     def _reached_end(self) -> bool:
         # Attribute reads: chanfig mirrors top-level keys as attributes, far cheaper than get() on every step.
         step_end, iter_end = self.config.step_end, self.config.iter_end
-        return bool((step_end and self.config.steps >= step_end) or (iter_end and self.config.iters >= iter_end))
+        return bool(
+            (step_end and self.config.steps >= step_end)
+            or (iter_end and self.config.iters >= iter_end)
+            or self._stopping
+        )
 
     def train_epoch(self, split: str = "train") -> NestedDict:
         """One pass over `split` with the model in training mode; returns the epoch result.
@@ -151,7 +167,8 @@ class TrainingLoop(RunnerParts):
         self._epoch_generator_state = generator.get_state() if generator is not None else None
         batches: Iterable = loader
         if done and isinstance(sampler, TrainingSampler):
-            sampler.skip(done * loader.batch_size)  # type: ignore[operator]
+            # A checkpoint taken at the pass's last batch has done it all, a short last batch included.
+            sampler.skip(min(done * loader.batch_size, sampler.num_samples))  # type: ignore[operator]
         elif done:
             warn(f"resuming {split!r} by loading and discarding {done} batches: its sampler cannot skip", stacklevel=2)
             batches = itertools.islice(loader, done, None)
@@ -159,8 +176,9 @@ class TrainingLoop(RunnerParts):
             length = done + len(loader)
             self._epoch_length = length
             log_interval = interval(self.config.log_interval)
+            shown = length if self._step_evaluate_splits is None else min(length, done + self._iters_left())
             for iteration, batch in enumerate(
-                self._progress_bar(batches, split, total=length, initial=done), start=done
+                self._progress_bar(batches, split, total=shown, initial=done), start=done
             ):
                 self._epoch_iteration = iteration
                 steps = self.config.steps
@@ -175,17 +193,30 @@ class TrainingLoop(RunnerParts):
                 if self._reached_end():
                     break
         finally:
+            last = self._epoch_iteration
+            self._pass_position = (split, done if last is None else last + 1)
             self._epoch_iteration = self._epoch_length = None
             if isinstance(sampler, TrainingSampler):
                 sampler.skip(0)
         return self.get_epoch_result()
 
+    def _iters_left(self) -> int:
+        """Micro-batches until `step_end`/`iter_end` (at most: a pass's end may close a window early)."""
+        step_end, iter_end = self.config.step_end, self.config.iter_end
+        left = [(step_end - self.config.steps) * self.config.accum_steps] if step_end else []
+        if iter_end:
+            left.append(iter_end - self.config.iters)
+        return max(0, min(left)) if left else 0
+
     def _resume_measures(self, split: str) -> int:
         """Restore meters and metrics of an interrupted pass over `split`; return the batches it had done."""
         position, measures = self._resume_position, self._resume_state
         self._resume_position = self._resume_state = None
+        measured, self._measured_split = self._measured_split, split
         if position is None or position.get("split") != split:
-            self._reset_measures()
+            # By steps, a pass continues the averages since the last evaluation (of the same split).
+            if self._step_evaluate_splits is None or measured != split:
+                self._reset_measures()
             return 0
         self._reset_measures()
         if measures:
@@ -205,12 +236,26 @@ class TrainingLoop(RunnerParts):
         return samples // batch_size
 
     def _after_optimizer_step(self, split: str, batches_done: int) -> None:
-        """Save `latest` every `checkpoint_interval` steps, and stop cleanly if a preemption signal arrived."""
+        """Evaluate every `eval_interval` steps (by steps), save `latest` every `checkpoint_interval` steps and after
+        an evaluation, and stop cleanly if a preemption signal arrived."""
         period = interval(self.config.checkpoint_interval)
         periodic = bool(period and self.config.steps % period == 0 and self.config.save_checkpoints)
+        evaluate = self._step_evaluate_splits is not None and self._step_evaluation_due()
         signum = self._agreed_preemption_signal()
-        if not periodic and signum is None:
+        if not (periodic or evaluate) and signum is None:
             return
+        if evaluate:
+            self._record_step_result(split)
+        if periodic or signum is not None or (evaluate and self.config.save_checkpoints):
+            self._save_inside_pass(split, batches_done, evaluated=evaluate)
+        if signum is not None:
+            path = os.path.join(self.checkpoint_dir, "latest.pth") if self.is_main_process else None
+            preempted = Preempted(signum, path)
+            print(str(preempted))
+            raise preempted
+
+    def _save_inside_pass(self, split: str, batches_done: int, evaluated: bool = False) -> None:
+        """Save `latest` with the position `batches_done` batches into `split`; after an evaluation, `best` too."""
         self._position = {
             "split": split,
             "batches": batches_done,
@@ -219,17 +264,16 @@ class TrainingLoop(RunnerParts):
             "samples": batches_done * self.dataloaders[split].batch_size * self.world_size,
             "finished": _plain_results(self._epoch_result),
         }
+        if evaluated:
+            self._position["evaluated"] = True  # a scored checkpoint: it may become `best`
         try:
             # Every process reaches this step: the one place a mid-epoch snapshot can be gathered without a hang.
             self.collect_process_state()
-            self.save_checkpoint(save_best=False)
+            self.save_checkpoint(save_best=evaluated)
         finally:
             self._position = None
-        if signum is not None:
-            path = os.path.join(self.checkpoint_dir, "latest.pth") if self.is_main_process else None
-            preempted = Preempted(signum, path)
-            print(str(preempted))
-            raise preempted
+        if evaluated:
+            self.write_run_state("running")
 
     def _agreed_preemption_signal(self) -> int | None:
         """The preemption signal to act on at this optimizer step, if any.

@@ -137,6 +137,7 @@ def test_runs_json_has_the_numbers_for_scripts(project):
         "epoch_end": 3,
         "steps": finished.config.steps,
         "step_end": None,
+        "by_steps": False,
         "score_split": "val",
         "score_name": "acc",
         "best_score": finished.best_score,

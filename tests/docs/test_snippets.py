@@ -24,6 +24,11 @@ SNIPPETS = sorted(path.name for path in SNIPPETS_DIR.glob("*.py"))
 EXPECTED_OUTPUT = {
     "first_runner.py": ["best val acc 1.0000 at epoch", "run directory: "],
     "fsdp.py": ["full weights: 8 tensors, first layer (32, 8)"],
+    "by_steps.py": [
+        "steps 30, passes begun 4, results at [10, 20, 30]",
+        "step   train.loss  val.loss",
+        "   30      0.3477    0.3073  <- best",
+    ],
     "lifecycle.py": [
         "__init__: seed 7, id ",
         "dataloaders []",

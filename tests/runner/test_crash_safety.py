@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from toys import ResumableRunner, assert_bitwise_equal, final_state, make_config
 
@@ -38,9 +40,16 @@ def read_until(process: subprocess.Popen, prefix: str) -> str:
     raise AssertionError(f"process ended before printing {prefix!r}: {process.stderr.read()}")  # type: ignore[union-attr]
 
 
-def test_sigterm_saves_latest_exits_143_and_resume_matches_an_uninterrupted_run(tmp_path):
-    settings = {"epoch_end": 3, "samples": 60, "val_samples": 25}
-    process = spawn("preemptible_train.py", str(tmp_path / "preempted"))
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"epoch_end": 3, "samples": 60, "val_samples": 25},
+        {"step_end": 24, "eval_interval": 5, "samples": 60, "val_samples": 25},  # by steps
+    ],
+    ids=["epochs", "steps"],
+)
+def test_sigterm_saves_latest_exits_143_and_resume_matches_an_uninterrupted_run(tmp_path, settings):
+    process = spawn("preemptible_train.py", str(tmp_path / "preempted"), json.dumps(settings))
     checkpoint_dir = read_until(process, "checkpoints ").split(" ", 1)[1]
     read_until(process, "iter 11")
     process.send_signal(signal.SIGTERM)

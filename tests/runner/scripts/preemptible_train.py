@@ -1,7 +1,11 @@
-"""Train slowly, printing each micro-batch, so a test can send SIGTERM mid-run.  Usage: preemptible_train.py ROOT"""
+"""Train slowly, printing each micro-batch, so a test can send SIGTERM mid-run.
+
+Usage: preemptible_train.py ROOT [SETTINGS_JSON]  (the settings default to 3 epochs of 60 samples)
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -13,7 +17,8 @@ SETTINGS = {"epoch_end": 3, "samples": 60, "val_samples": 25}
 
 
 if __name__ == "__main__":
-    runner = SlowRunner(make_config(sys.argv[1], **SETTINGS))
+    settings = json.loads(sys.argv[2]) if len(sys.argv) > 2 else SETTINGS
+    runner = SlowRunner(make_config(sys.argv[1], **settings))
     print(f"checkpoints {runner.checkpoint_dir}", flush=True)
     runner.train()
     print("finished", flush=True)
