@@ -92,8 +92,14 @@ def test_sigkill_during_saves_never_leaves_a_bad_latest(tmp_path):
     assert first_saved == newest_step + 1
 
 
-def test_two_process_resume_matches_an_uninterrupted_two_process_run(tmp_path, distributed_runner):
-    distributed_runner(Path(__file__).parent / "dist_scripts" / "resume_two_processes.py", str(tmp_path))
+@pytest.mark.parametrize(
+    "settings",
+    [{"epoch_end": 3}, {"step_end": 10, "eval_interval": 3}],  # by steps: the crash at step 6 follows an evaluation
+    ids=["epochs", "steps"],
+)
+def test_two_process_resume_matches_an_uninterrupted_two_process_run(tmp_path, distributed_runner, settings):
+    script = Path(__file__).parent / "dist_scripts" / "resume_two_processes.py"
+    distributed_runner(script, str(tmp_path), json.dumps(settings))
     for rank in (0, 1):
         straight = torch.load(tmp_path / f"rank{rank}-straight.pt", weights_only=True)
         resumed = torch.load(tmp_path / f"rank{rank}-resumed.pt", weights_only=True)

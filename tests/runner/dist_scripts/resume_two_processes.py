@@ -1,10 +1,12 @@
 """Under torchrun with 2 processes: a straight run, and a run that crashes mid-epoch and is resumed.
 
-Usage: resume_two_processes.py ROOT — each rank saves both final states to ROOT/rank{r}-{straight,resumed}.pt
+Usage: resume_two_processes.py ROOT [SETTINGS_JSON] — each rank saves both final states to
+ROOT/rank{r}-{straight,resumed}.pt. The settings default to 3 epochs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -14,7 +16,8 @@ import torch
 from toys import Interrupted, ResumableRunner, final_state, make_config
 
 root = sys.argv[1]
-settings = {"epoch_end": 3, "samples": 60, "val_samples": 25, "checkpoint_interval": 1}
+settings = {"samples": 60, "val_samples": 25, "checkpoint_interval": 1}
+settings.update(json.loads(sys.argv[2]) if len(sys.argv) > 2 else {"epoch_end": 3})
 
 straight = ResumableRunner(make_config(os.path.join(root, "straight"), **settings))
 straight.train()
