@@ -158,17 +158,22 @@ class FSDPRunner(TorchRunner):
             save_best: Also point `best.dcp` at it when `is_best`.
         """
         epochs = self.config.epochs if epochs is None else epochs
-        self._saves += 1
-        tag = f"{name}-s{self.config.steps}-{self._saves}"
         shards = os.path.join(self.checkpoint_dir, SHARDS_DIR_NAME)
-        directory = os.path.join(shards, tag)
+        tag = None
         if self.is_main_process:
-            if os.path.exists(directory):  # a save of an earlier launch, killed before it finished
-                shutil.rmtree(directory)
-            os.makedirs(directory)
+            # A fresh name every time: a directory of an earlier launch of this run (one killed while saving, or
+            # the very checkpoint this launch resumed from, which `latest` names until this save completes) is
+            # never written into; `_remove_unreferenced` deletes it once no pointer names it.
+            self._saves += 1
+            while os.path.exists(os.path.join(shards, f"{name}-s{self.config.steps}-{self._saves}")):
+                self._saves += 1
+            tag = f"{name}-s{self.config.steps}-{self._saves}"
+            os.makedirs(os.path.join(shards, tag))
             # Other processes' entries come from the loop's snapshot: nothing to gather here.
-            save(self.state_dict(), os.path.join(directory, RUN_STATE_FILE))
-        du.barrier()  # the directory exists (on a shared filesystem) before any process writes into it
+            save(self.state_dict(), os.path.join(shards, tag, RUN_STATE_FILE))
+        # The main process's name, sent once the directory exists (on a shared filesystem) for every process.
+        tag = self.broadcast_object(tag)
+        directory = os.path.join(shards, tag)
         fsdp_utils.dcp_save(self.sharded_state(), directory)
         if not self.is_main_process:
             return
@@ -181,7 +186,9 @@ class FSDPRunner(TorchRunner):
         if at_epoch_end and period and (epochs + 1) % period == 0:
             _point(self.checkpoint_dir, f"epoch-{epochs}", target)
             prune_epoch_checkpoints(self.checkpoint_dir, self.config.get("max_epoch_checkpoints"), POINTER_EXTENSION)
-        if at_epoch_end and save_best and self.is_best:
+        # Inside an epoch, only a checkpoint taken right after an evaluation (training by steps) is scored.
+        scored = at_epoch_end or bool(self._position and self._position.get("evaluated"))
+        if scored and save_best and self.is_best:
             _point(self.checkpoint_dir, "best", target)
         _remove_unreferenced(self.checkpoint_dir)
 

@@ -1,17 +1,26 @@
-"""FSDP2 on two real gloo processes: DDP's numbers, exact resume, and resume on another number of processes."""
+"""FSDP2 on two real gloo processes: DDP's numbers, one-process oracles for clipping and accumulation, exact resume
+(also after a SIGKILL in the middle of a save), and resume on another number of processes."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from danling.runner.fsdp_runner import FSDPRunner, resolve_checkpoint
+from danling.runner.fsdp_utils import checkpoint_complete
 from danling.utils.io import CorruptFileError
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "fsdp_scenarios.py"
+KILL_SCRIPT = Path(__file__).parent / "dist_scripts" / "fsdp_kill.py"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(distributed_runner, tmp_path, scenario, *args, nproc=2):
@@ -90,3 +99,177 @@ def test_fsdp_on_one_process_resumes_as_fsdp_and_loads_pretrained_weights_either
     assert_close(report["resumed"]["ema"], report["final"]["ema"], atol=0)
     assert_close(report["pretrained"], report["final"]["model"], atol=0)
     assert_close(report["plain"], report["final"]["model"], atol=0)
+
+
+# One-process oracles: plain torch, float64, on the full model and the whole global batch.
+
+
+def mlp() -> nn.Module:
+    """The architecture of the scenarios' `RecordingRunner`; `load_state_dict` (strict) checks it is the same."""
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def large_batch_gradient(params: dict, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Gradient of the mean cross-entropy over one batch, in float64 on one process without FSDP."""
+    model = mlp().double()
+    model.load_state_dict({name: value.double() for name, value in params.items()})
+    loss = F.cross_entropy(model(inputs.double()), targets)
+    names = [name for name, _ in model.named_parameters()]
+    return dict(zip(names, torch.autograd.grad(loss, list(model.parameters()))))
+
+
+def global_norm(tensors: dict) -> torch.Tensor:
+    return torch.sqrt(sum((tensor.double() ** 2).sum() for tensor in tensors.values()))
+
+
+def assert_near(recorded: dict, expected: dict, atol: float) -> None:
+    assert recorded.keys() == expected.keys()
+    for key in expected:
+        error = (recorded[key].double() - expected[key].double()).abs().max().item()
+        assert error <= atol, (key, error)
+
+
+def global_batch(steps: list[dict], index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples every process trained on at step `index`."""
+    return torch.cat([s[index]["inputs"] for s in steps]), torch.cat([s[index]["targets"] for s in steps])
+
+
+@pytest.fixture(scope="module")
+def oracle_runs(tmp_path_factory, distributed_runner):
+    return run(distributed_runner, tmp_path_factory.mktemp("oracle"), "oracle")
+
+
+def test_fsdp_clips_by_the_norm_of_the_whole_unsharded_gradient(oracle_runs):
+    max_norm = 0.05
+    steps = [report["clip"]["steps"] for report in oracle_runs]
+    assert len(steps[0]) == len(steps[1]) == 6
+    for index, (step, other) in enumerate(zip(*steps)):
+        # Both processes clip by the same norm and hold the same full gradients.
+        assert torch.equal(step["norm"], other["norm"]), index
+        for part in ("params", "grads", "clipped", "after"):
+            assert all(torch.equal(step[part][k], other[part][k]) for k in step[part]), (index, part)
+        inputs, targets = global_batch(steps, index)
+        assert len(inputs) == 16
+        gradient = large_batch_gradient(step["params"], inputs, targets)
+        norm = global_norm(gradient)
+        assert norm > 10 * max_norm  # clipping is active
+        assert step["norm"].item() == pytest.approx(norm.item(), rel=1e-6, abs=0), index
+        assert_near(step["grads"], gradient, atol=1e-6)
+        clipped = {k: g * (max_norm / (norm + 1e-6)) for k, g in gradient.items()}
+        assert_near(step["clipped"], clipped, atol=1e-7)
+        assert global_norm(step["clipped"]).item() == pytest.approx(max_norm, rel=1e-5)
+        assert_near(step["after"], {k: step["params"][k] - step["lr"] * clipped[k] for k in clipped}, atol=1e-7)
+
+
+def test_fsdp_accumulation_without_gradient_sync_equals_one_large_batch(oracle_runs):
+    for report in oracle_runs:
+        # After a micro-batch that leaves its window open no sharded gradient exists: no reduce-scatter ran. The
+        # same run with the reduction left on shows one after each micro-batch, so the probe sees the difference.
+        assert report["accumulate"]["sharded_grads_between"] == [False] * 6
+        assert report["accumulate-synced"]["sharded_grads_between"] == [True] * 6
+    accumulated = [report["accumulate"]["steps"] for report in oracle_runs]
+    large = [report["large"]["steps"] for report in oracle_runs]
+    assert len(accumulated[0]) == len(large[0]) == 6
+    assert all(torch.equal(accumulated[0][0]["params"][k], large[0][0]["params"][k]) for k in large[0][0]["params"])
+    for index in range(6):
+        for rank in (0, 1):
+            step, big = accumulated[rank][index], large[rank][index]
+            # Two micro-batches of 4 hold the 8 samples the large run takes in one batch, in the same order.
+            assert step["micro"] == [4, 4] and big["micro"] == [8]
+            assert torch.equal(step["inputs"], big["inputs"]) and torch.equal(step["targets"], big["targets"])
+        step = accumulated[0][index]
+        inputs, targets = global_batch(accumulated, index)
+        gradient = large_batch_gradient(step["params"], inputs, targets)
+        assert_near(step["grads"], gradient, atol=1e-6)
+        assert_near(step["after"], {k: step["params"][k] - step["lr"] * gradient[k] for k in gradient}, atol=1e-7)
+        assert_near(step["after"], large[0][index]["after"], atol=1e-6)
+
+
+# A SIGKILL while DCP writes the shards of a checkpoint.
+
+
+def launch_killed(output: Path, root: Path, interval: int, kill_at: int, ranks: tuple[int, ...]) -> dict:
+    """Launch `fsdp_kill.py` on 2 processes, the processes in `ranks` killing themselves during save `kill_at`.
+
+    Returns what the launch recorded: `launch` (the checkpoint it resumed from, its checkpoint directory) and
+    `killed` (per killed rank, the shard file it was writing and the bytes it had written).
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(KILL_SCRIPT)]
+    command += [str(output), str(root), str(interval), str(kill_at), ",".join(map(str, ranks))]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert completed.returncode != 0, completed.stderr
+    killed = {int(p.stem[len("killed-rank") :]): json.loads(p.read_text()) for p in output.glob("killed-rank*.json")}
+    assert set(killed) == set(ranks), completed.stderr
+    return {"launch": json.loads((output / "launch-rank0.json").read_text()), "killed": killed}
+
+
+def pointers(checkpoint_dir: Path) -> dict[str, str]:
+    return {p.name: os.path.normpath(resolve_checkpoint(str(p))) for p in checkpoint_dir.glob("*.dcp")}
+
+
+def assert_latest_survived(record: dict, steps: int) -> Path:
+    """The save that was killed is incomplete, named so and named by no pointer; `latest` is the save before it."""
+    checkpoint_dir = Path(record["launch"]["checkpoint_dir"])
+    (partial,) = {os.path.normpath(os.path.dirname(kill["file"])) for kill in record["killed"].values()}
+    assert not os.path.exists(os.path.join(partial, ".metadata"))
+    assert any(".metadata is missing" in problem for problem in checkpoint_complete(partial))
+    with pytest.raises(CorruptFileError, match=r"\.metadata is missing"):
+        FSDPRunner.read_checkpoint_file(partial)
+    named = pointers(checkpoint_dir)
+    assert "latest.dcp" in named and partial not in named.values(), named
+    latest = Path(named["latest.dcp"])
+    assert checkpoint_complete(latest) == []
+    assert FSDPRunner.read_checkpoint_file(str(checkpoint_dir / "latest.dcp"))["runner"]["steps"] == steps
+    for rank, kill in record["killed"].items():
+        # The killed process had written part of its shard file: fewer bytes than a finished one holds.
+        written = os.path.getsize(kill["file"])
+        assert written == kill["bytes"] > 0
+        assert written < os.path.getsize(latest / f"__{rank}_0.distcp")
+    return latest
+
+
+@pytest.mark.parametrize(
+    ("interval", "kills"),
+    [
+        # Saves every step (3 a epoch, then the epoch's): both processes die in save 6 (step 5), so the run resumes
+        # inside epoch 1 from step 4.
+        (1, [(6, (0, 1), 4)]),
+        # Saves at step 3 (the end of epoch 0's batches) and at the epoch's end: process 1 dies in the second, so
+        # `latest` is the first save of its launch. The next launch resumes from it, and process 0 dies in that
+        # launch's first save, which must not touch the checkpoint `latest` still names.
+        (3, [(2, (1,), 3), (1, (0,), 3)]),
+    ],
+    ids=["both-processes-mid-epoch", "one-process-then-the-other-right-after-resuming"],
+)
+def test_a_sigkill_during_a_dcp_save_leaves_latest_loadable_and_the_resumed_run_exact(
+    tmp_path, distributed_runner, interval, kills
+):
+    root = tmp_path / "root"
+    partials, latest = [], None
+    for launch, (kill_at, ranks, steps) in enumerate(kills):
+        record = launch_killed(tmp_path / f"launch{launch}", root, interval, kill_at, ranks)
+        survivor = assert_latest_survived(record, steps)
+        if latest is not None:
+            # This launch resumed from the `latest` the previous kill left, and its own kill left that one alone.
+            assert record["launch"]["resumed_from"].endswith("latest.dcp")
+            assert survivor == latest
+        latest = survivor
+        partials.append(os.path.dirname(next(iter(record["killed"].values()))["file"]))
+    distributed_runner(KILL_SCRIPT, str(tmp_path / "final"), str(root), str(interval))
+    for rank in (0, 1):
+        assert json.loads((tmp_path / "final" / f"launch-rank{rank}.json").read_text())["resumed_from"].endswith(
+            "latest.dcp"
+        )
+        report = torch.load(tmp_path / "final" / f"final-rank{rank}.pt", weights_only=False)
+        straight, resumed = report["straight"], report["resumed"]
+        for part in ("model", "ema"):
+            assert all(torch.equal(straight[part][k], resumed[part][k]) for k in straight[part]), part
+        assert straight["results"] == resumed["results"]
+        assert straight["counters"] == resumed["counters"] and straight["lr"] == resumed["lr"]
+    # Every partial directory is gone; what is left is complete and named by a pointer.
+    checkpoint_dir = Path(json.loads((tmp_path / "final" / "launch-rank0.json").read_text())["checkpoint_dir"])
+    assert not any(os.path.exists(partial) for partial in partials)
+    named = set(pointers(checkpoint_dir).values())
+    left = {os.path.normpath(path) for path in (checkpoint_dir / "dcp").iterdir()}
+    assert left == named and all(checkpoint_complete(path) == [] for path in left)

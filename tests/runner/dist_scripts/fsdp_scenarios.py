@@ -7,6 +7,9 @@ Usage: fsdp_scenarios.py SCENARIO OUTPUT ROOT [EPOCHS]
 - `single`: one process: training, `from_checkpoint`, `load_pretrained` from DCP and from a consolidated file.
 - `train`: FSDP training to EPOCHS, resuming with `resume=True` if the run has a checkpoint, with a global batch
   of 16 whatever the number of processes.
+- `oracle`: FSDP runs that record, at every optimizer step, the samples each process trained on and the full
+  (gathered) parameters and gradients, for the test to recompute on one process with plain torch: `clip` (batch 8,
+  clipping active), `accumulate` (micro-batches of 4, accumulated over 2) and `large` (batches of 8).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import torch
+from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from toys import Interrupted, ResumableRunner, make_config
+from toys import Interrupted, ResumableRunner, classification_data, make_config
 
 import danling as dl
 from danling.runner.fsdp_runner import FSDPRunner
@@ -41,6 +45,73 @@ def full(runner) -> dict:
         "counters": (runner.config.iters, runner.config.steps, runner.config.epochs),
         "lr": [group["lr"] for group in runner.optimizer.param_groups],
     }
+
+
+class RecordingRunner(dl.Runner):
+    """Plain SGD on an MLP that records, at every optimizer step, what the test recomputes on one process.
+
+    The MLP's layers shard unevenly on 2 processes (16 rows split 8/8, 3 rows 2/1). Each entry of `records` holds
+    this process's micro-batches (`inputs`, `targets`, `micro`: their sizes), the full parameters before the step
+    (`params`), the full gradients before and after clipping (`grads`, `clipped`), the norm `clip_grad_norm`
+    returned (`norm`, `None` without clipping), the learning rate (`lr`) and the full parameters after the step
+    (`after`). `sharded_grads_between` holds, for each micro-batch that did not close its window, whether any
+    sharded gradient existed right after its backward, which only a reduce-scatter creates.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.criterion = nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.2)
+        self.datasets.train = classification_data(self.config.samples, seed=0)
+        self.records: list[dict] = []
+        self.sharded_grads_between: list[bool] = []
+        self._batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._current: dict = {}
+
+    def gathered(self, grads: bool = False) -> dict[str, torch.Tensor]:
+        # `full_tensor` all-gathers a DTensor: a collective, which every process reaches at the same step.
+        found = {}
+        for name, parameter in self.model.named_parameters():
+            tensor = parameter.grad if grads else parameter
+            found[name] = tensor.full_tensor().detach().clone()
+        return found
+
+    def train_step(self, batch):
+        self._batches.append((batch[0].clone(), batch[1].clone()))
+        steps = self.config.steps
+        loss = super().train_step(batch)
+        if self.config.steps == steps:
+            self.sharded_grads_between.append(any(p.grad is not None for p in self.model.parameters()))
+        return loss
+
+    def clip_gradients(self):
+        self._current = {"params": self.gathered(), "grads": self.gathered(grads=True), "norm": None}
+        super().clip_gradients()
+        self._current["clipped"] = self.gathered(grads=True)
+
+    def clip_grad_norm(self, parameters, max_norm):
+        norm = super().clip_grad_norm(parameters, max_norm)
+        self._current["norm"] = norm.detach().clone()
+        return norm
+
+    def optimizer_step(self):
+        lr = self.optimizer.param_groups[0]["lr"]
+        super().optimizer_step()
+        inputs = torch.cat([x for x, _ in self._batches])
+        targets = torch.cat([y for _, y in self._batches])
+        micro = [len(x) for x, _ in self._batches]
+        self.records.append(
+            {**self._current, "after": self.gathered(), "lr": lr, "inputs": inputs, "targets": targets, "micro": micro}
+        )
+        self._batches, self._current = [], {}
+
+
+class SyncedRunner(RecordingRunner):
+    """`RecordingRunner` that reduces gradients after every micro-batch: shows `sharded_grads_between` detects it."""
+
+    def accumulate(self):
+        return contextlib.nullcontext()
 
 
 def main() -> None:
@@ -107,6 +178,22 @@ def main() -> None:
 
             latest = os.path.join(runner.checkpoint_dir, "latest.dcp")
             report["consolidated"] = dl.load(consolidate_checkpoint(latest, os.path.join(output, "model.pth")))
+    elif scenario == "oracle":
+        # One epoch of 96 samples on 2 processes: 6 steps of 16 samples, as 2 batches of 8 or 4 micro-batches of 4.
+        runs = {
+            "clip": (RecordingRunner, 8, {"max_grad_norm": 0.05}),
+            "accumulate": (RecordingRunner, 4, {"accum_steps": 2}),
+            "accumulate-synced": (SyncedRunner, 4, {"accum_steps": 2}),
+            "large": (RecordingRunner, 8, {}),
+        }
+        for name, (runner_class, batch_size, options) in runs.items():
+            config = make_config(
+                os.path.join(root, name), platform="fsdp", epoch_end=1, samples=96, save_checkpoints=False, **options
+            )
+            config.dataloader.batch_size = batch_size
+            runner = runner_class(config)
+            runner.train()
+            report[name] = {"steps": runner.records, "sharded_grads_between": runner.sharded_grads_between}
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     torch.save(report, os.path.join(output, f"{scenario}-rank{rank}.pt"))
