@@ -14,7 +14,7 @@ with the position inside the pass, so a resumed run continues bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chanfig import NestedDict
@@ -98,7 +98,7 @@ class StepTraining(RunnerParts):
             self._stopping = "stopped_early"
 
     def _evaluations_since_best(self) -> int:
-        scores = self.scores or {}
+        scores: Mapping = self.scores or {}
         if not scores:
             return 0
         indices = list(scores)
