@@ -100,7 +100,7 @@ class TrainingLoop(StepTraining, RunnerParts):
     def _train_by_epochs(self, train_splits: Sequence[str], evaluate_splits: Sequence[str]) -> str:
         """Epochs `epoch_begin` to `epoch_end - 1`, each trained then evaluated; returns how the run ended."""
         patience = self.config.get("patience")
-        epoch_end: int = self.config.epoch_end  # set: `train` trains by epochs only then
+        epoch_end = self.config.epoch_end or 0  # set: `train` trains by epochs only then
         for epoch in range(self.config.epoch_begin, epoch_end):
             self.config.epochs = epoch
             result = self._epoch_result = self._resumed_partial_result(epoch)
