@@ -3,8 +3,10 @@ r"""Runners: the training loop and everything around it.
 ```
 BaseRunner        lifecycle, config fall-through, progress, results, IO, checkpoints (no framework code)
 └── TorchRunner   PyTorch: the loops (training.py, evaluation.py), data, per-process state, and DDP
-    ├── FSDPRunner    FSDP2: sharded parameters, gradients and optimizer state, DCP checkpoints
-    └── Runner        picks the platform from config.platform ("auto"/"torch" or "fsdp")
+    ├── FSDPRunner        FSDP2: sharded parameters, gradients and optimizer state, DCP checkpoints
+    ├── AccelerateRunner  Hugging Face Accelerate (data parallel); imported only for platform "accelerate"
+    ├── DeepSpeedRunner   DeepSpeed ZeRO; imported only for platform "deepspeed"
+    └── Runner            picks the platform from config.platform ("auto"/"torch", "fsdp", "accelerate", "deepspeed")
 ```
 
 Constructing a runner (`RunnerMeta.__call__`) runs, in order:

@@ -161,8 +161,8 @@ class Config(chanfig.Config):
 
     # Distributed
     platform: str = "auto"
-    """Runner platform for `Runner`: `"auto"` (= `"torch"`), `"torch"` (DDP) or `"fsdp"` (FSDP2); `"accelerate"` and
-    `"deepspeed"` are reserved."""
+    """Runner platform for `Runner`: `"auto"` (= `"torch"`), `"torch"` (DDP), `"fsdp"` (FSDP2), `"accelerate"`
+    (Hugging Face Accelerate, data parallel) or `"deepspeed"` (DeepSpeed ZeRO); the last two need their extra."""
     fsdp_units: list[str] | None = None
     """FSDP: class names of the submodules to shard as units (`["TransformerBlock"]`); `None` shards each direct
     child that holds parameters."""

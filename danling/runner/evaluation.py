@@ -94,10 +94,24 @@ class EvaluationLoop(RunnerParts):
                 input, _ = self.unpack_batch(batch)
                 with self.autocast():
                     outputs.append(self.forward(model, input))
-        if outputs and all(isinstance(output, torch.Tensor) for output in outputs):
+        return self.gather_outputs(outputs)
+
+    def gather_outputs(self, outputs: list) -> Any:
+        """This process's outputs (a list of batches) joined with every other process's, in rank order.
+
+        Tensors are concatenated along the batch dimension; other outputs become one list. Collective.
+        """
+        tensors = bool(outputs) and all(isinstance(output, torch.Tensor) for output in outputs)
+        # Every process must take the same path: one with no batch (or a non-tensor output) sends all to objects.
+        if self.distributed:
+            tensors = not du.all_reduce_max(torch.tensor([0 if tensors else 1])).item()
+        if tensors:
             return du.gather_tensor(torch.cat(outputs))
         gathered = du.all_gather_object(outputs)
-        return [output for chunk in gathered for output in chunk]
+        flat = [output for chunk in gathered for output in chunk]
+        if flat and all(isinstance(output, torch.Tensor) for output in flat):
+            return torch.cat([output.to(self.device) for output in flat])
+        return flat
 
     def _reset_measures(self) -> None:
         self.meters.reset()

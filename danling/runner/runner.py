@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import importlib
 import os
 from collections.abc import Mapping
@@ -24,6 +25,9 @@ PLATFORM_RUNNERS: dict[str, str] = {
 
 `auto` is `torch`: never another platform because its package happens to be installed.
 """
+
+POINTER_PLATFORMS: dict[str, str] = {".dcp": "fsdp", ".accelerate": "accelerate", ".ds": "deepspeed"}
+"""The platform whose checkpoints sit behind pointer files of each extension (`latest.dcp`, ...)."""
 
 PLATFORM_EXTRAS: dict[str, str] = {"accelerate": "accelerate", "deepspeed": "deepspeed"}
 """The optional package each platform needs, and the extra of `danling` that installs it."""
@@ -54,12 +58,14 @@ class Runner(TorchRunner):
 
     @classmethod
     def read_checkpoint_file(cls, checkpoint: Any, **kwargs: Any) -> Mapping:
-        """Read a checkpoint of any platform: a DCP checkpoint (FSDP) by its reader, else a single file.
+        """Read a checkpoint of any platform: one behind a pointer file (`.dcp`, `.accelerate`, `.deepspeed`) or a
+        checkpoint directory by its platform's reader, else a single file.
 
         `Runner.from_checkpoint` reads the file before it knows the platform the file's config names.
         """
-        if not isinstance(checkpoint, Mapping) and FSDPRunner.is_checkpoint(os.fsdecode(checkpoint)):
-            return FSDPRunner.read_checkpoint_file(checkpoint, **kwargs)
+        platform = None if isinstance(checkpoint, Mapping) else checkpoint_platform(os.fsdecode(checkpoint))
+        if platform is not None:
+            return check_platform(platform).read_checkpoint_file(checkpoint, **kwargs)
         return super().read_checkpoint_file(checkpoint, **kwargs)
 
 
@@ -90,3 +96,20 @@ def check_platform(platform: str) -> type:
             f"install it with: pip install 'danling[{package}]'"
         ) from error
     return getattr(module, class_name)
+
+
+def checkpoint_platform(path: str) -> str | None:
+    """The platform that wrote the checkpoint at `path` when it is not a single file, by its pointer's extension or,
+    for a checkpoint directory, by what it holds; `None` for a single-file checkpoint."""
+    for extension, platform in POINTER_PLATFORMS.items():
+        if path.endswith(extension):
+            return platform
+    if not os.path.isdir(path):
+        return None
+    if FSDPRunner.is_checkpoint(path):
+        return "fsdp"
+    if glob.glob(os.path.join(path, "*model_states.pt")):
+        return "deepspeed"
+    if all(os.path.isfile(os.path.join(path, name)) for name in ("runner.pth", "model.pth")):
+        return "accelerate"
+    return None

@@ -250,7 +250,8 @@ class TrainingLoop(StepTraining, RunnerParts):
         if periodic or signum is not None or (evaluate and self.config.save_checkpoints):
             self._save_inside_pass(split, batches_done, evaluated=evaluate)
         if signum is not None:
-            path = os.path.join(self.checkpoint_dir, "latest.pth") if self.is_main_process else None
+            latest = f"latest{self.checkpoint_extension}"
+            path = os.path.join(self.checkpoint_dir, latest) if self.is_main_process else None
             preempted = Preempted(signum, path)
             print(str(preempted))
             raise preempted
@@ -318,11 +319,17 @@ class TrainingLoop(StepTraining, RunnerParts):
         gradient over the samples of its window. Outside `train_epoch`, windows are counted on `iters`.
         """
         size, closes = self._accumulation_window()
-        scaled = loss / size if size > 1 else loss
-        self.backward(scaled)
+        self.backward(self.scale_loss(loss, size))
         self.config.increment("iters")
         if closes:
             self.step()
+
+    def scale_loss(self, loss: torch.Tensor, window: int) -> torch.Tensor:
+        """`loss` as passed to `backward` in an accumulation window of `window` micro-batches: divided by it.
+
+        A backend whose `backward` divides by a fixed `accum_steps` itself overrides this.
+        """
+        return loss / window if window > 1 else loss
 
     def _accumulation_window(self) -> tuple[int, bool]:
         """Length of the current micro-batch's window, and whether the micro-batch closes it."""

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,12 @@ SNIPPETS = sorted(path.name for path in SNIPPETS_DIR.glob("*.py"))
 EXPECTED_OUTPUT = {
     "first_runner.py": ["best val acc 1.0000 at epoch", "run directory: "],
     "fsdp.py": ["full weights: 8 tensors, first layer (32, 8)"],
+    "accelerate_platform.py": [
+        "accelerator: mixed_precision no, gradient_accumulation_steps 2, processes 1",
+        "optimizer steps 12, scheduler steps 12",
+        "checkpoint: model.pth optimizer.bin random_states_0.pkl runner.pth scheduler.bin",
+        "resumed: epoch_begin 3, same weights True",
+    ],
     "by_steps.py": [
         "steps 30, passes begun 4, results at [10, 20, 30]",
         "step   train.loss  val.loss",
@@ -163,8 +170,15 @@ def test_every_snippet_has_expected_output():
     assert sorted(EXPECTED_OUTPUT) == SNIPPETS
 
 
+# Snippets that need an optional package: skipped, with the reason, where it is not installed.
+OPTIONAL_PACKAGES = {"accelerate_platform.py": "accelerate"}
+
+
 @pytest.mark.parametrize("name", SNIPPETS)
 def test_snippet_runs_and_prints_what_the_docs_say(name, tmp_path):
+    package = OPTIONAL_PACKAGES.get(name)
+    if package is not None and find_spec(package) is None:
+        pytest.skip(f"{name} needs {package}: pip install 'danling[{package}]'")
     completed = run_snippet(name, tmp_path)
     for expected in EXPECTED_OUTPUT.get(name, []):
         assert expected in completed.stdout, f"{name} did not print {expected!r}:\n{completed.stdout}"
