@@ -22,9 +22,7 @@ switch: a save killed part-way leaves `latest` on the previous checkpoint, and t
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import uuid
 import weakref
 from collections.abc import Iterator, Mapping
@@ -39,10 +37,9 @@ from torch import distributed as dist
 from torch import nn
 
 from ..utils import distributed as du
-from ..utils.io import CorruptFileError, atomic_write, fsync_dir, load, remove_stale_temporaries, save
-from .checkpoint import CheckpointLike, prune_epoch_checkpoints
-from .config import interval
-from .fsdp_runner import resolve_checkpoint  # the same pointer files: `{"path": "<directory>"}`
+from ..utils.io import CorruptFileError, fsync_dir, load, remove_stale_temporaries, save
+from .checkpoint import CheckpointLike
+from .pointers import PointedCheckpoints, durable_size, resolve_checkpoint
 from .torch_runner import TorchRunner
 
 __all__ = ["MIXED_PRECISION", "AccelerateRunner"]
@@ -62,7 +59,7 @@ UNSUPPORTED_MODES = {"DEEPSPEED": "deepspeed", "FSDP": "fsdp", "MEGATRON_LM": No
 _DISTRIBUTED_RUNNERS: weakref.WeakSet = weakref.WeakSet()
 
 
-class AccelerateRunner(TorchRunner):
+class AccelerateRunner(PointedCheckpoints, TorchRunner):
     """`TorchRunner` on an `Accelerator`: the same runner code, launched with `torchrun` or `accelerate launch`.
 
     Assign the model, criterion, optimizer, scheduler, EMA and datasets in `__init__` as for `TorchRunner`.
@@ -77,6 +74,7 @@ class AccelerateRunner(TorchRunner):
     """
 
     checkpoint_extension = POINTER_EXTENSION
+    checkpoint_states_dir = STATES_DIR_NAME
     _prepared: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
@@ -331,24 +329,13 @@ class AccelerateRunner(TorchRunner):
             remove_stale_temporaries(checkpoint_dir)  # pointer writes a killed process left behind
             self.__dict__["_checkpoint_dir_tidied"] = True
         tag = f"{name}-s{self.config.steps}-{uuid.uuid4().hex[:8]}"
-        directory = os.path.join(checkpoint_dir, STATES_DIR_NAME, tag)
+        directory = os.path.join(checkpoint_dir, self.checkpoint_states_dir, tag)
         self.accelerator.save_state(directory, safe_serialization=False)  # the model: `_save_unwrapped_weights`
         state = dict(self.state_dict())
-        state["files"] = {file: _durable_size(os.path.join(directory, file)) for file in sorted(os.listdir(directory))}
+        state["files"] = {file: durable_size(os.path.join(directory, file)) for file in sorted(os.listdir(directory))}
         save(state, os.path.join(directory, RUN_STATE_FILE))  # last: the checkpoint is complete once this exists
         fsync_dir(directory)
-        target = os.path.join(STATES_DIR_NAME, tag)
-        _point(checkpoint_dir, name, target)
-        at_epoch_end = self._position is None
-        period = interval(self.config.get("save_interval"))
-        if at_epoch_end and period and (epochs + 1) % period == 0:
-            _point(checkpoint_dir, f"epoch-{epochs}", target)
-            prune_epoch_checkpoints(checkpoint_dir, self.config.get("max_epoch_checkpoints"), POINTER_EXTENSION)
-        # Inside an epoch, only a checkpoint taken right after an evaluation (training by steps) is scored.
-        scored = at_epoch_end or bool(self._position and self._position.get("evaluated"))
-        if scored and save_best and self.is_best:
-            _point(checkpoint_dir, "best", target)
-        _remove_unreferenced(checkpoint_dir)
+        self.publish_checkpoint(name, tag, epochs, save_best)
 
     @staticmethod
     def is_checkpoint(path: str) -> bool:
@@ -409,34 +396,6 @@ class AccelerateRunner(TorchRunner):
 def _has_accelerator() -> bool:
     probe = getattr(torch, "accelerator", None)  # torch >= 2.6
     return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
-
-
-def _durable_size(path: str) -> int:
-    # Accelerate writes its files in place; flushed before `runner.pth` says they are complete.
-    with open(path, "rb") as file:
-        os.fsync(file.fileno())
-    return os.path.getsize(path)
-
-
-def _point(checkpoint_dir: str, name: str, target: str) -> None:
-    with atomic_write(os.path.join(checkpoint_dir, f"{name}{POINTER_EXTENSION}"), "w") as file:
-        json.dump({"path": target}, file)
-
-
-def _remove_unreferenced(checkpoint_dir: str) -> None:
-    """Delete checkpoint directories no pointer names (older latests, killed saves), once the pointers are in place."""
-    referenced = set()
-    for name in os.listdir(checkpoint_dir):
-        if name.endswith(POINTER_EXTENSION):
-            try:
-                referenced.add(os.path.normpath(resolve_checkpoint(os.path.join(checkpoint_dir, name))))
-            except (OSError, CorruptFileError):
-                continue
-    states = os.path.join(checkpoint_dir, STATES_DIR_NAME)
-    for tag in os.listdir(states):
-        path = os.path.normpath(os.path.join(states, tag))
-        if path not in referenced:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _release_process_group_users() -> None:

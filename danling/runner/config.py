@@ -41,6 +41,9 @@ class Config(chanfig.Config):
     `parse` (`--epoch_end 5 --optim.lr 0.01`). The fields below are the ones the runner
     reads; add any others your runner needs.
 
+    A section `deepspeed` (`config.deepspeed.zero_optimization.stage = 2`) is passed to DeepSpeed as it is, by the
+    `deepspeed` platform, merged with what the fields below say (see `DeepSpeedRunner`).
+
     The run's identity derives from the content: [`run_uuid`][danling.runner.Config.run_uuid] (and so `run_id` and
     `hash(config)`) is a UUID of every field except progress counters and storage locations (see
     [`IGNORED_NAMES_IN_HASH`][danling.defaults.IGNORED_NAMES_IN_HASH]), so it stays the same as training advances.

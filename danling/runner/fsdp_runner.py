@@ -13,9 +13,7 @@ is copied. Directories no pointer names any more are deleted after the switch.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -25,20 +23,20 @@ from torch import distributed as dist
 from torch import nn
 
 from ..utils import distributed as du
-from ..utils.io import CorruptFileError, atomic_write, load, save
+from ..utils.io import CorruptFileError, load, save
 from . import fsdp_utils
-from .checkpoint import CheckpointLike, extract_model_state, prune_epoch_checkpoints
-from .config import interval
+from .checkpoint import CheckpointLike, extract_model_state
+from .pointers import PointedCheckpoints, fresh_tag, resolve_checkpoint
 from .torch_runner import TorchRunner
 
-__all__ = ["FSDPRunner", "consolidate_checkpoint", "resolve_checkpoint"]
+__all__ = ["FSDPRunner", "consolidate_checkpoint"]
 
 POINTER_EXTENSION = ".dcp"
 RUN_STATE_FILE = "runner.pth"
 SHARDS_DIR_NAME = "dcp"
 
 
-class FSDPRunner(TorchRunner):
+class FSDPRunner(PointedCheckpoints, TorchRunner):
     """`TorchRunner` on FSDP2: parameters, gradients and optimizer state sharded over the processes.
 
     Assign the model, criterion, optimizer (over `self.model.parameters()`), scheduler, EMA and datasets in
@@ -55,7 +53,7 @@ class FSDPRunner(TorchRunner):
     """
 
     checkpoint_extension = POINTER_EXTENSION
-    _saves: int = 0
+    checkpoint_states_dir = SHARDS_DIR_NAME
 
     def restore_and_wrap(self) -> None:
         """Shard the model first, then restore the checkpoint: DCP loads into the shards, resharding as needed."""
@@ -158,39 +156,20 @@ class FSDPRunner(TorchRunner):
             save_best: Also point `best.dcp` at it when `is_best`.
         """
         epochs = self.config.epochs if epochs is None else epochs
-        shards = os.path.join(self.checkpoint_dir, SHARDS_DIR_NAME)
+        shards = os.path.join(self.checkpoint_dir, self.checkpoint_states_dir)
         tag = None
         if self.is_main_process:
-            # A fresh name every time: a directory of an earlier launch of this run (one killed while saving, or
-            # the very checkpoint this launch resumed from, which `latest` names until this save completes) is
-            # never written into; `_remove_unreferenced` deletes it once no pointer names it.
-            self._saves += 1
-            while os.path.exists(os.path.join(shards, f"{name}-s{self.config.steps}-{self._saves}")):
-                self._saves += 1
-            tag = f"{name}-s{self.config.steps}-{self._saves}"
+            tag = fresh_tag(shards, name, self.config.steps)
             os.makedirs(os.path.join(shards, tag))
             # Other processes' entries come from the loop's snapshot: nothing to gather here.
             save(self.state_dict(), os.path.join(shards, tag, RUN_STATE_FILE))
         # The main process's name, sent once the directory exists (on a shared filesystem) for every process.
         tag = self.broadcast_object(tag)
-        directory = os.path.join(shards, tag)
-        fsdp_utils.dcp_save(self.sharded_state(), directory)
-        if not self.is_main_process:
-            return
+        fsdp_utils.dcp_save(self.sharded_state(), os.path.join(shards, tag))
         # dcp_save returns on the main process after it wrote `.metadata`, which it does once every process has
-        # finished: the checkpoint is complete, and pointing at it is safe.
-        target = os.path.join(SHARDS_DIR_NAME, tag)
-        _point(self.checkpoint_dir, name, target)
-        at_epoch_end = self._position is None
-        period = interval(self.config.get("save_interval"))
-        if at_epoch_end and period and (epochs + 1) % period == 0:
-            _point(self.checkpoint_dir, f"epoch-{epochs}", target)
-            prune_epoch_checkpoints(self.checkpoint_dir, self.config.get("max_epoch_checkpoints"), POINTER_EXTENSION)
-        # Inside an epoch, only a checkpoint taken right after an evaluation (training by steps) is scored.
-        scored = at_epoch_end or bool(self._position and self._position.get("evaluated"))
-        if scored and save_best and self.is_best:
-            _point(self.checkpoint_dir, "best", target)
-        _remove_unreferenced(self.checkpoint_dir)
+        # finished: the checkpoint is complete, and pointing at it is safe. Every process waits for the pointers,
+        # so none reads `latest` before it names this checkpoint.
+        self.finish_on_main_process(tag, lambda: self.publish_checkpoint(name, tag, epochs, save_best))
 
     @staticmethod
     def is_checkpoint(path: str) -> bool:
@@ -244,24 +223,6 @@ class FSDPRunner(TorchRunner):
         set_model_state_dict(self.model, dict(full), options=StateDictOptions(full_state_dict=True))
 
 
-def resolve_checkpoint(path: str) -> str:
-    """The checkpoint directory a pointer file (`latest.dcp`) names, or `path` if it is a directory.
-
-    Raises:
-        FileNotFoundError: If `path` does not exist.
-    """
-    if os.path.isdir(path):
-        return path
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    with open(path, encoding="utf-8") as file:
-        try:
-            target = json.load(file)["path"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise CorruptFileError(f"checkpoint pointer {path!r} is unreadable: {error}") from None
-    return os.path.join(os.path.dirname(path), target)
-
-
 def consolidate_checkpoint(checkpoint: str, output: str, ema: bool = False) -> str:
     """Write the full weights of a DCP checkpoint to one plain file (`model.pth`), on one process, without FSDP.
 
@@ -292,24 +253,3 @@ def _rebind_optimizer(optimizer: Any, names: Mapping[int, str], sharded: Mapping
         group["params"] = [sharded[names[id(p)]] if id(p) in names else p for p in group["params"]]
     if optimizer.state:
         raise RuntimeError("the optimizer has state before sharding; build it in __init__ and do not step it there")
-
-
-def _point(checkpoint_dir: str, name: str, target: str) -> None:
-    with atomic_write(os.path.join(checkpoint_dir, f"{name}{POINTER_EXTENSION}"), "w") as file:
-        json.dump({"path": target}, file)
-
-
-def _remove_unreferenced(checkpoint_dir: str) -> None:
-    """Delete checkpoint directories no pointer names (older latests), once the new pointers are in place."""
-    referenced = set()
-    for name in os.listdir(checkpoint_dir):
-        if name.endswith(POINTER_EXTENSION):
-            try:
-                referenced.add(os.path.normpath(resolve_checkpoint(os.path.join(checkpoint_dir, name))))
-            except (OSError, CorruptFileError):
-                continue
-    shards = os.path.join(checkpoint_dir, SHARDS_DIR_NAME)
-    for tag in os.listdir(shards):
-        path = os.path.normpath(os.path.join(shards, tag))
-        if path not in referenced:
-            shutil.rmtree(path, ignore_errors=True)

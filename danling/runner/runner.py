@@ -58,7 +58,7 @@ class Runner(TorchRunner):
 
     @classmethod
     def read_checkpoint_file(cls, checkpoint: Any, **kwargs: Any) -> Mapping:
-        """Read a checkpoint of any platform: one behind a pointer file (`.dcp`, `.accelerate`, `.deepspeed`) or a
+        """Read a checkpoint of any platform: one behind a pointer file (`.dcp`, `.accelerate`, `.ds`) or a
         checkpoint directory by its platform's reader, else a single file.
 
         `Runner.from_checkpoint` reads the file before it knows the platform the file's config names.
@@ -75,7 +75,7 @@ def _with_backend(cls: type, backend: type) -> type:
     return type(cls.__name__, (cls, backend), {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
 
 
-def check_platform(platform: str) -> type:
+def check_platform(platform: str) -> type[TorchRunner]:
     """The runner class for `platform`.
 
     Raises:

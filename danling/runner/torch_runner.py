@@ -158,7 +158,10 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         self._mode = RunnerMode(mode)
         training = self._mode is RunnerMode.train
         for module in (self.model, self.ema):
-            if isinstance(module, nn.Module) and module.training != training:
+            # A wrapper's own flag may not follow its module's (DeepSpeed's engine never sets it): ask both.
+            if isinstance(module, nn.Module) and (
+                module.training != training or self.unwrap(module).training != training
+            ):
                 module.train(training)
 
     # Model

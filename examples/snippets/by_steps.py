@@ -30,6 +30,8 @@ class StepsRunner(dl.TorchRunner):
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05)
         # total_steps is step_end: the schedule ends exactly where training does.
         self.scheduler = dl.LRScheduler(self.optimizer, total_steps=self.total_steps, method="numerical")
+
+
 # --8<-- [end:runner]
 
 

@@ -31,6 +31,11 @@ EXPECTED_OUTPUT = {
         "checkpoint: model.pth optimizer.bin random_states_0.pkl runner.pth scheduler.bin",
         "resumed: epoch_begin 3, same weights True",
     ],
+    "deepspeed_platform.py": [
+        "deepspeed: micro-batch 16, accumulation 2, clipping 1.0",
+        "optimizer steps 12, engine steps 12",
+        "resumed: epoch_begin 3, same weights True",
+    ],
     "by_steps.py": [
         "steps 30, passes begun 4, results at [10, 20, 30]",
         "step   train.loss  val.loss",
@@ -171,7 +176,7 @@ def test_every_snippet_has_expected_output():
 
 
 # Snippets that need an optional package: skipped, with the reason, where it is not installed.
-OPTIONAL_PACKAGES = {"accelerate_platform.py": "accelerate"}
+OPTIONAL_PACKAGES = {"accelerate_platform.py": "accelerate", "deepspeed_platform.py": "deepspeed"}
 
 
 @pytest.mark.parametrize("name", SNIPPETS)

@@ -149,7 +149,7 @@ def test_the_config_maps_onto_the_accelerator_and_bf16_training_matches_ddp_on_o
 @requires_accelerate
 def test_a_killed_save_leaves_latest_on_the_previous_checkpoint_and_resume_skips_incomplete_ones(tmp_path):
     from danling.runner.accelerate_runner import AccelerateRunner
-    from danling.runner.fsdp_runner import resolve_checkpoint
+    from danling.runner.pointers import resolve_checkpoint
     from danling.utils.io import CorruptFileError
 
     assert run_alone(tmp_path, "killed-save", returncode=3)[0] is None

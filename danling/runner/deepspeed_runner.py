@@ -1,0 +1,391 @@
+"""`DeepSpeedRunner`: the loops of `TorchRunner` on a DeepSpeed engine (ZeRO stages 0 to 2), with its checkpoints.
+
+`deepspeed.initialize` builds the engine from the model, the optimizer and a DeepSpeed config made from ours
+([`deepspeed_config`][danling.runner.deepspeed_runner.deepspeed_config]). Backward, clipping, loss scaling and the
+optimizer step are the engine's; the loop still decides where accumulation windows close and tells the engine, so
+counters, scheduler and EMA follow the same optimizer steps as under DDP.
+
+A checkpoint is a directory under `checkpoint_dir/deepspeed/` that every process writes into with
+`engine.save_checkpoint`; the main process then writes `runner.pth` (the run state, with the size of every file),
+which marks it complete, and only then points `latest.ds` (a small JSON file, replaced atomically) at it. `best.ds`
+and `epoch-N.ds` are pointers too; directories no pointer names are deleted after the switch.
+
+Importing this module imports `deepspeed`; `danling` never does: `Runner` loads it for `platform: deepspeed`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import Any
+
+import deepspeed
+import torch
+from deepspeed.accelerator import get_accelerator
+from torch import distributed as dist
+from torch import nn
+
+from ..utils import distributed as du
+from ..utils.io import CorruptFileError, fsync_dir, load, save, to_builtin
+from .checkpoint import CheckpointLike, extract_model_state
+from .pointers import PointedCheckpoints, durable_size, fresh_tag, resolve_checkpoint
+from .torch_runner import TorchRunner
+
+__all__ = ["DeepSpeedRunner", "deepspeed_config", "full_weights"]
+
+POINTER_EXTENSION = ".ds"
+RUN_STATE_FILE = "runner.pth"
+ENGINE_DIR_NAME = "deepspeed"
+MODEL_STATES_PATTERN = "*model_states.pt"
+
+ELEMENTWISE_OPTIMIZERS = tuple(
+    getattr(torch.optim, name)
+    for name in ("SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam", "RMSprop", "ASGD", "Rprop")
+)
+"""torch optimizers whose update is element-wise, so ZeRO's flat partitions change nothing: they are allowed with
+ZeRO (`zero_allow_untested_optimizer`) unless the DeepSpeed config says otherwise."""
+
+
+def deepspeed_config(
+    config: Mapping, micro_batch_size: int | None, world_size: int = 1, optimizer: Any = None, scheduler: Any = None
+) -> dict[str, Any]:
+    """The DeepSpeed config for a run: `config.deepspeed`, completed from our knobs, which it must agree with.
+
+    `micro_batch_size` becomes `train_micro_batch_size_per_gpu`, `accum_steps` `gradient_accumulation_steps`,
+    `max_grad_norm` `gradient_clipping` (0, off, when unset) and `precision` the `bf16`/`fp16` section. A value
+    `config.deepspeed` gives too must be the same (or `"auto"`); other sections (`zero_optimization`, offload, an
+    `optimizer` or `scheduler` to build) pass through.
+
+    Args:
+        config: The run's config.
+        micro_batch_size: Samples per process per micro-batch (`None` when there is no training data).
+        world_size: Number of processes.
+        optimizer: The runner's optimizer (`None` when DeepSpeed builds one from its `optimizer` section).
+        scheduler: The runner's scheduler (`None` when DeepSpeed builds one from its `scheduler` section).
+
+    Raises:
+        ValueError: A setting of ours and one of `config.deepspeed` disagree (both are named), a knob DeepSpeed
+            cannot honour is set (`max_grad_value`), ZeRO stage 3 is asked for, or no micro-batch size is known.
+
+    Examples:
+        >>> deepspeed_config({"accum_steps": 2, "precision": "bf16", "max_grad_norm": 1.0}, 8)
+        {'train_micro_batch_size_per_gpu': 8, 'gradient_accumulation_steps': 2, 'gradient_clipping': 1.0, 'bf16': {'enabled': True}}
+        >>> deepspeed_config({"accum_steps": 2, "deepspeed": {"gradient_accumulation_steps": 4}}, 8)
+        Traceback (most recent call last):
+        ValueError: config.accum_steps=2 and config.deepspeed.gradient_accumulation_steps=4 disagree; set one of them
+    """  # noqa: E501
+    given: dict[str, Any] = to_builtin(config.get("deepspeed") or {})
+    if config.get("max_grad_value") is not None:
+        raise ValueError(
+            f"config.max_grad_value={config['max_grad_value']!r} is not supported on DeepSpeed, which clips by the "
+            "global norm only: use config.max_grad_norm"
+        )
+    if micro_batch_size is None:
+        micro_batch_size = given.get("train_micro_batch_size_per_gpu")
+        if micro_batch_size in (None, "auto"):
+            raise ValueError("DeepSpeed needs a micro-batch size: set config.dataloader.batch_size")
+    accum_steps = config.get("accum_steps") or 1
+    max_grad_norm = config.get("max_grad_norm")
+    ours = {
+        "train_micro_batch_size_per_gpu": ("config.dataloader.batch_size", micro_batch_size),
+        "gradient_accumulation_steps": ("config.accum_steps", accum_steps),
+        "gradient_clipping": ("config.max_grad_norm", max_grad_norm),
+    }
+    for key, (name, value) in ours.items():
+        _agree(given, key, name, value, 0.0 if value is None else value)
+    batch = micro_batch_size * accum_steps * world_size
+    if given.get("train_batch_size", "auto") not in ("auto", batch):
+        raise ValueError(
+            f"config.deepspeed.train_batch_size={given['train_batch_size']!r} is not micro-batch {micro_batch_size} "
+            f"x accum_steps {accum_steps} x {world_size} process(es) = {batch}; leave it out"
+        )
+    given.pop("train_batch_size", None)
+    precision = config.get("precision")
+    for section in ("fp16", "bf16"):
+        wanted, block = precision == section, dict(given.get(section) or {})
+        if block.get("enabled", "auto") not in ("auto", wanted):
+            raise ValueError(
+                f"config.precision={precision!r} and config.deepspeed.{section}.enabled={block['enabled']!r} "
+                "disagree; set config.precision"
+            )
+        if wanted or section in given:
+            given[section] = {**block, "enabled": wanted}
+    stage = (given.get("zero_optimization") or {}).get("stage", 0)
+    if stage not in (0, 1, 2):
+        raise ValueError(
+            f"config.deepspeed.zero_optimization.stage={stage!r} is not supported: use 0, 1 or 2 "
+            "(evaluation, the EMA and checkpoints here need every parameter on every process; for sharded "
+            "parameters, use platform 'fsdp')"
+        )
+    for name, section, part in (("optimizer", "optimizer", optimizer), ("scheduler", "scheduler", scheduler)):
+        if part is not None and given.get(section) is not None:
+            raise ValueError(
+                f"self.{name} is a {type(part).__name__} and config.deepspeed.{section} asks DeepSpeed to build "
+                f"a {given[section].get('type')!r}; keep one of them"
+            )
+    if stage > 0 and isinstance(optimizer, ELEMENTWISE_OPTIMIZERS):
+        given.setdefault("zero_allow_untested_optimizer", True)
+    return given
+
+
+def _agree(given: dict[str, Any], key: str, name: str, value: Any, filled: Any) -> None:
+    if given.get(key, "auto") not in ("auto", filled):
+        raise ValueError(f"{name}={value!r} and config.deepspeed.{key}={given[key]!r} disagree; set one of them")
+    given[key] = filled
+
+
+class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
+    """`TorchRunner` on a DeepSpeed engine: ZeRO stage 0, 1 or 2, DeepSpeed's mixed precision and loss scaling.
+
+    Assign the model, criterion, optimizer (or leave it to `config.deepspeed.optimizer`), scheduler, EMA and
+    datasets in `__init__` as for `TorchRunner`; `__post_init__` hands the model and optimizer to
+    `deepspeed.initialize`. Afterwards `self.model` is the engine (`unwrap` gives your module) and
+    `self.optimizer` the engine's optimizer (ZeRO's wrapper of yours). It runs on one process too (a single-process
+    group is created). The device and the process-group backend are DeepSpeed's accelerator's (`DS_ACCELERATOR`):
+    `gloo` on the CPU, `nccl` on CUDA.
+
+    Unlike `TorchRunner`, `save_checkpoint` is collective: every process writes its part.
+    """
+
+    checkpoint_extension = POINTER_EXTENSION
+    checkpoint_states_dir = ENGINE_DIR_NAME
+
+    def restore_and_wrap(self) -> None:
+        """Build the engine first, then restore the checkpoint into it."""
+        self.wrap_model()
+        self.restore_checkpoint()
+
+    def init_distributed(self) -> None:
+        """As `TorchRunner`, but one process gets a process group too; DeepSpeed's communication then uses it."""
+        super().init_distributed()
+        if not dist.is_initialized():
+            backend = self.process_group_backend()
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            self.config.backend = backend
+            du.destroy_process_group_at_exit()
+            os.environ.setdefault("LOCAL_RANK", "0")  # what torchrun would set; DeepSpeed's engine reads it
+        # DeepSpeed joins the group made here rather than making its own (which would need MPI on one process).
+        deepspeed.comm.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False, verbose=False)
+
+    def process_group_backend(self) -> str:
+        """`config.backend`, else the accelerator's (`gloo` on the CPU, `nccl` on CUDA); selects this process's
+        device first."""
+        accelerator = get_accelerator()
+        accelerator.set_device(du.get_local_rank())
+        return self.config.get("backend") or accelerator.communication_backend_name()
+
+    @property
+    def device(self) -> torch.device:
+        """This process's device on DeepSpeed's accelerator (`cpu`, `cuda:{local_rank}`, ...)."""
+        device = self.__dict__.get("_device")
+        if device is None:
+            device = torch.device(get_accelerator().device_name(du.get_local_rank()))
+            configured = self.config.get("device")
+            if configured is not None and torch.device(configured).type != device.type:
+                raise ValueError(f"config.device={configured!r}, but DeepSpeed's accelerator runs on {device}")
+            self.__dict__["_device"] = device
+        return device
+
+    def init_precision(self) -> None:
+        """Nothing: DeepSpeed scales fp16 losses itself."""
+
+    # Model
+
+    def micro_batch_size(self) -> int | None:
+        """Samples per process in a micro-batch: the first training loader's, else `config.dataloader.batch_size`."""
+        for split in self.train_splits:
+            if split in self.dataloaders:
+                return self.dataloaders[split].batch_size
+        return (self.config.get("dataloader") or {}).get("batch_size")
+
+    def deepspeed_config(self) -> dict[str, Any]:
+        """The DeepSpeed config the engine is (or will be) built with; see the function `deepspeed_config`."""
+        engine = self.model
+        if isinstance(engine, deepspeed.DeepSpeedEngine):
+            return dict(engine.config)
+        return deepspeed_config(self.config, self.micro_batch_size(), self.world_size, self.optimizer, self.scheduler)
+
+    def wrap_model(self) -> None:
+        """Make the DeepSpeed engine of the model and optimizer; it starts every process from rank 0's weights."""
+        model = self.model
+        if not isinstance(model, nn.Module) or isinstance(model, deepspeed.DeepSpeedEngine):
+            return
+        ds_config = self.deepspeed_config()
+        if isinstance(self.ema, nn.Module):
+            du.broadcast_module(self.ema)
+        parameters = [p for p in model.parameters() if p.requires_grad] if self.optimizer is None else None
+        engine, optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=self.optimizer, model_parameters=parameters, config=ds_config
+        )
+        self.model = engine
+        if optimizer is not None:
+            self.optimizer = optimizer
+
+    def unwrap(self, model: Any) -> Any:
+        """`model` without the DeepSpeed engine (and DDP or `torch.compile` wrappers)."""
+        if isinstance(model, deepspeed.DeepSpeedEngine):
+            model = model.module
+        return super().unwrap(model)
+
+    # Backend
+
+    def accumulate(self) -> Any:
+        """Tell the engine whether this micro-batch closes its accumulation window, so it reduces and steps there."""
+        engine: Any = self.model
+        engine.set_gradient_accumulation_boundary(self._accumulation_window()[1])
+        return nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """`engine.backward`: DeepSpeed's loss scaling; the loop already divided `loss` by its window's length."""
+        engine: Any = self.model
+        engine.backward(loss, scale_wrt_gas=False)
+
+    def clip_gradients(self) -> None:
+        """Nothing: the engine clips to `gradient_clipping` (`config.max_grad_norm`) in its step."""
+
+    def optimizer_step(self) -> None:
+        """`engine.step`: clip, step the optimizer (skipped on an fp16 overflow) and zero the gradients."""
+        engine: Any = self.model
+        engine.step()
+
+    def update_ema(self) -> None:
+        """Update the EMA; from copies in its own dtype when DeepSpeed holds the module in bf16/fp16."""
+        ema: Any = self.ema
+        module = self.unwrap(self.model)
+        if isinstance(ema, torch.optim.swa_utils.AveragedModel):
+            dtype = next(ema.parameters()).dtype
+            if any(p.dtype != dtype for p in module.parameters()):
+                module = _InDtype(module, dtype)
+        update = getattr(ema, "update_parameters", None) or ema.update
+        update(module)
+
+    # State
+
+    def stateful_parts(self) -> dict[str, Any]:
+        """EMA and scheduler: the model and optimizer are the engine's, in its checkpoint."""
+        return {"ema": self.ema, "scheduler": self.scheduler}
+
+    def save_checkpoint(self, name: str = "latest", epochs: int | None = None, save_best: bool = True) -> None:
+        """Write a checkpoint through the engine, then the run state, and point `{name}.ds` at it.
+
+        Collective: call it on every process; it returns once the pointers name the new checkpoint, and raises on
+        every process if the main process fails to finish it. See the module's documentation for the layout.
+
+        Args:
+            name: Name of the pointer. Defaults to `"latest"`.
+            epochs: Epoch index to name a snapshot after. Defaults to `config.epochs`.
+            save_best: Also point `best.ds` at it when `is_best`.
+        """
+        root = os.path.join(self.checkpoint_dir, self.checkpoint_states_dir)
+        tag = self.broadcast_object(fresh_tag(root, name, self.config.steps) if self.is_main_process else None)
+        engine: Any = self.model
+        engine.save_checkpoint(root, tag=tag, save_latest=False)  # every process writes its part
+        epochs = self.config.epochs if epochs is None else epochs
+        self.finish_on_main_process(tag, lambda: self._complete_checkpoint(tag, name, epochs, save_best))
+
+    def _complete_checkpoint(self, tag: str, name: str, epochs: int, save_best: bool) -> None:
+        # Every process has written its files (flushed here, and their sizes recorded, so a later truncation is
+        # caught): the run state, written last, marks the checkpoint complete; then the pointers move.
+        directory = os.path.join(self.checkpoint_dir, ENGINE_DIR_NAME, tag)
+        state = dict(self.state_dict())
+        state["files"] = {file: durable_size(os.path.join(directory, file)) for file in sorted(os.listdir(directory))}
+        fsync_dir(directory)
+        save(state, os.path.join(directory, RUN_STATE_FILE))
+        self.publish_checkpoint(name, tag, epochs, save_best)
+
+    @staticmethod
+    def is_checkpoint(path: str) -> bool:
+        """Whether `path` names a DeepSpeed checkpoint: a `.ds` pointer, or a directory with model states."""
+        return path.endswith(POINTER_EXTENSION) or bool(glob.glob(os.path.join(path, MODEL_STATES_PATTERN)))
+
+    @classmethod
+    def read_checkpoint_file(cls, checkpoint: CheckpointLike, **kwargs: Any) -> Mapping:
+        """The run state of a DeepSpeed checkpoint (a pointer or a directory), its directory under `"deepspeed"`.
+
+        Raises:
+            FileNotFoundError: If the checkpoint does not exist.
+            CorruptFileError: If it is incomplete or a file of it is missing or truncated; the message names them.
+        """
+        if isinstance(checkpoint, Mapping):
+            return checkpoint
+        path = os.fsdecode(checkpoint)
+        if not cls.is_checkpoint(path) and not os.path.isdir(path):
+            return super().read_checkpoint_file(checkpoint, **kwargs)  # a plain file of another backend
+        directory = resolve_checkpoint(path)
+        if not os.path.isfile(os.path.join(directory, RUN_STATE_FILE)):
+            raise CorruptFileError(f"checkpoint {directory} is incomplete: no {RUN_STATE_FILE}")
+        state = dict(load(os.path.join(directory, RUN_STATE_FILE), **kwargs))
+        problems = []
+        for file, size in state.pop("files", {}).items():
+            found = os.path.getsize(os.path.join(directory, file)) if os.path.isfile(f"{directory}/{file}") else None
+            if found != size:
+                problems.append(f"{file} is missing" if found is None else f"{file} has {found} bytes, not {size}")
+        if problems:
+            raise CorruptFileError(f"checkpoint {directory} is damaged: " + "; ".join(problems))
+        state[ENGINE_DIR_NAME] = directory
+        return state
+
+    def load_checkpoint(self, checkpoint: CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        """Restore the engine (model, optimizer partitions, DeepSpeed's scheduler) and the run state.
+
+        Collective: every process reads its part. Resume on the number of processes that saved it.
+        """
+        if self.model is None:
+            raise ValueError("model is not defined: assign self.model before loading a checkpoint")
+        state = self.read_checkpoint_file(checkpoint, **kwargs)
+        if ENGINE_DIR_NAME not in state:
+            raise ValueError("a DeepSpeed runner loads DeepSpeed checkpoints; use load_pretrained for model weights")
+        directory = os.path.normpath(state[ENGINE_DIR_NAME])
+        engine: Any = self.model
+        path, _ = engine.load_checkpoint(os.path.dirname(directory), tag=os.path.basename(directory))
+        if path is None:
+            raise CorruptFileError(f"DeepSpeed could not load checkpoint {directory}")
+        self.load_state_dict(state)
+        if not isinstance(checkpoint, Mapping):
+            self.config.checkpoint = os.fsdecode(checkpoint)
+
+    def load_pretrained(self, checkpoint: CheckpointLike, *args: Any, **kwargs: Any) -> None:
+        """Load model weights from a plain model file, or the full fp32 weights of a DeepSpeed checkpoint."""
+        if self.model is None:
+            raise ValueError("model is not defined: assign self.model before loading pretrained weights")
+        path = None if isinstance(checkpoint, Mapping) else os.fsdecode(checkpoint)
+        if path is not None and self.is_checkpoint(path):
+            weights = full_weights(path)
+        else:
+            weights = extract_model_state(super().read_checkpoint_file(checkpoint, **kwargs))
+        self.unwrap(self.model).load_state_dict(weights)
+        # ZeRO keeps fp32 master weights apart from the module's: they must follow, or the next step undoes this.
+        refresh = getattr(self.optimizer, "refresh_fp32_params", None)
+        if callable(refresh):
+            refresh()
+
+
+class _InDtype:
+    """What `AveragedModel.update_parameters` reads of a model (its parameters and buffers), cast to `dtype`."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        self.module, self.dtype = module, dtype
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p.detach().to(self.dtype) for p in self.module.parameters()]
+
+    def buffers(self) -> list[torch.Tensor]:
+        return [b.to(self.dtype) if b.is_floating_point() else b for b in self.module.buffers()]
+
+
+def full_weights(checkpoint: str) -> Mapping[str, torch.Tensor]:
+    """The model's full weights in a DeepSpeed checkpoint (a `.ds` pointer or a directory), as a plain state dict.
+
+    ZeRO's fp32 master copy when there is one (so bf16/fp16 training loses nothing), else the saved module. Reads
+    the files on one process, without a process group.
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    directory = resolve_checkpoint(checkpoint)
+    if glob.glob(os.path.join(directory, "*optim_states.pt")):
+        root, tag = os.path.split(os.path.normpath(directory))
+        return get_fp32_state_dict_from_zero_checkpoint(root, tag)
+    states = torch.load(glob.glob(os.path.join(directory, MODEL_STATES_PATTERN))[0], map_location="cpu")
+    return states["module"]

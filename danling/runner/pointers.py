@@ -1,0 +1,140 @@
+"""Checkpoints that are directories, published through small pointer files switched atomically.
+
+A backend whose checkpoint is several files (FSDP's Distributed Checkpoint, Accelerate's `save_state`, DeepSpeed's
+engine checkpoint) writes each save into a new directory under `checkpoint_dir/{states_dir}/`. Only once the
+directory is complete does the main process point `latest{extension}` at it: a JSON file `{"path": "<directory
+relative to checkpoint_dir>"}`, replaced atomically. `best` and `epoch-N` are pointers too, so nothing is copied,
+and a directory no pointer names any more (an older `latest`, a save killed half-way) is deleted after the switch.
+A killed save therefore never leaves a pointer naming an incomplete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..utils.io import CorruptFileError, atomic_write
+from .checkpoint import prune_epoch_checkpoints
+from .config import interval
+
+__all__ = ["PointedCheckpoints", "durable_size", "fresh_tag", "point", "remove_unreferenced", "resolve_checkpoint"]
+
+
+def resolve_checkpoint(path: str) -> str:
+    """The checkpoint directory a pointer file (`latest.dcp`, say) names, or `path` if it is a directory.
+
+    Raises:
+        FileNotFoundError: If `path` does not exist.
+        CorruptFileError: If the pointer file cannot be read.
+    """
+    if os.path.isdir(path):
+        return path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    with open(path, encoding="utf-8") as file:
+        try:
+            target = json.load(file)["path"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise CorruptFileError(f"checkpoint pointer {path!r} is unreadable: {error}") from None
+    return os.path.join(os.path.dirname(path), target)
+
+
+def fresh_tag(states: str, name: str, steps: int) -> str:
+    """A name for a new checkpoint directory under `states` that no directory has yet: `{name}-s{steps}-{n}`.
+
+    Never an existing one: a directory of an earlier launch of the run (a save killed half-way, or the very
+    checkpoint this launch resumed from, which `latest` names until the new save completes) is never written into.
+    """
+    number = 1
+    while os.path.exists(os.path.join(states, f"{name}-s{steps}-{number}")):
+        number += 1
+    return f"{name}-s{steps}-{number}"
+
+
+def durable_size(path: str) -> int:
+    """The size of the file at `path`, once flushed to disk: a checkpoint records it to catch later truncation."""
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+    return os.path.getsize(path)
+
+
+def point(checkpoint_dir: str, name: str, target: str, extension: str) -> None:
+    """Point `checkpoint_dir/{name}{extension}` at `target` (relative to `checkpoint_dir`), atomically."""
+    with atomic_write(os.path.join(checkpoint_dir, f"{name}{extension}"), "w") as file:
+        json.dump({"path": target}, file)
+
+
+def remove_unreferenced(checkpoint_dir: str, states_dir: str, extension: str) -> None:
+    """Delete the directories under `checkpoint_dir/states_dir` that no `*{extension}` pointer names."""
+    referenced = set()
+    for name in os.listdir(checkpoint_dir):
+        if name.endswith(extension):
+            try:
+                referenced.add(os.path.normpath(resolve_checkpoint(os.path.join(checkpoint_dir, name))))
+            except (OSError, CorruptFileError):
+                continue
+    states = os.path.join(checkpoint_dir, states_dir)
+    for tag in os.listdir(states):
+        path = os.path.normpath(os.path.join(states, tag))
+        if os.path.isdir(path) and path not in referenced:  # DeepSpeed also leaves its conversion scripts here
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class PointedCheckpoints:
+    """Publishing a complete checkpoint directory: `latest`, `epoch-N` and `best` pointers, then the clean-up.
+
+    Mixed into a runner whose class sets `checkpoint_extension` (the pointers' extension) and `checkpoint_states_dir`
+    (the directory under `checkpoint_dir` that holds one directory per save).
+    """
+
+    checkpoint_extension: str
+    checkpoint_states_dir: str
+    config: Any
+    checkpoint_dir: str
+    is_best: bool
+    is_main_process: bool
+    _position: dict[str, Any] | None
+
+    if TYPE_CHECKING:
+
+        def broadcast_object(self, obj: Any, src: int = 0) -> Any: ...
+
+    def finish_on_main_process(self, tag: str, finish: Callable[[], None]) -> None:
+        """Run `finish` (complete and publish checkpoint `tag`) on the main process; every process returns after it.
+
+        Collective. A failure on the main process is raised there and, as a `RuntimeError` naming it, on every other
+        process: none is left waiting in its next collective, and none reads `latest` before it names `tag`.
+        """
+        failure: BaseException | None = None
+        if self.is_main_process:
+            try:
+                finish()
+            except BaseException as error:
+                failure = error
+        failed = self.broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}")
+        if failure is not None:
+            raise failure
+        if failed is not None:
+            raise RuntimeError(f"checkpoint {tag} is incomplete: the main process failed to finish it: {failed}")
+
+    def publish_checkpoint(self, name: str, tag: str, epochs: int, save_best: bool) -> None:
+        """Point `{name}` at the complete checkpoint `tag`, and `epoch-{epochs}`/`best` when due; main process only.
+
+        As for single-file checkpoints, a checkpoint from inside an epoch is never an epoch snapshot, and is `best`
+        only when taken right after an evaluation (training by steps).
+        """
+        checkpoint_dir, extension = self.checkpoint_dir, self.checkpoint_extension
+        target = os.path.join(self.checkpoint_states_dir, tag)
+        point(checkpoint_dir, name, target, extension)
+        position = self._position
+        period = interval(self.config.get("save_interval"))
+        if position is None and period and (epochs + 1) % period == 0:
+            point(checkpoint_dir, f"epoch-{epochs}", target, extension)
+            prune_epoch_checkpoints(checkpoint_dir, self.config.get("max_epoch_checkpoints"), extension)
+        scored = position is None or bool(position.get("evaluated"))
+        if scored and save_best and self.is_best:
+            point(checkpoint_dir, "best", target, extension)
+        remove_unreferenced(checkpoint_dir, self.checkpoint_states_dir, extension)
