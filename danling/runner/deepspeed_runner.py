@@ -165,7 +165,9 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
             self.config.backend = backend
             du.destroy_process_group_at_exit()
-            os.environ.setdefault("LOCAL_RANK", "0")  # what torchrun would set; DeepSpeed's engine reads it
+        if dist.get_world_size() == 1:
+            # What torchrun would set; DeepSpeed's engine reads it (also for a group another runner made).
+            os.environ.setdefault("LOCAL_RANK", "0")
         # DeepSpeed joins the group made here rather than making its own (which would need MPI on one process).
         deepspeed.comm.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False, verbose=False)
 

@@ -134,3 +134,37 @@ def test_a_length_in_steps_or_epochs_is_required_and_an_empty_pass_is_an_error(t
     runner.dataloaders.train = torch.utils.data.DataLoader(empty)
     with pytest.raises(ValueError, match="holds no batch"):
         runner.train()
+
+
+@pytest.mark.parametrize("platform", ["fsdp", "accelerate", "deepspeed"])
+def test_training_by_steps_on_the_other_platforms_resumes_exactly_and_keeps_the_best_step(tmp_path, platform):
+    if platform != "fsdp":
+        pytest.importorskip(platform, reason=f"{platform} is not installed: pip install 'danling[{platform}]'")
+    settings = {"step_end": 14, "eval_interval": 4, "checkpoint_interval": 3, "platform": platform, **DATA}
+    straight = ResumableRunner(make_config(tmp_path / "straight", **settings))
+    straight.train()
+    assert list(straight.results) == [4, 8, 12, 14]
+    extension = straight.checkpoint_extension
+    best = dl.Runner.read_checkpoint_file(os.path.join(straight.checkpoint_dir, f"best{extension}"))
+    assert best["runner"]["steps"] == straight.best_index
+
+    crashed = ResumableRunner(make_config(tmp_path / "crashed", fail_at_iter=11, **settings))
+    with pytest.raises(Interrupted):
+        crashed.train()
+    resumed = ResumableRunner.from_checkpoint(os.path.join(crashed.checkpoint_dir, f"latest{extension}"))
+    resumed.config.fail_at_iter = None
+    resumed.train()
+    assert_bitwise_equal(resumed.results.dict(), straight.results.dict())
+    assert resumed.config.steps == straight.config.steps == 14
+    for key, value in full_weights(straight).items():
+        assert torch.equal(full_weights(resumed)[key], value), key
+
+
+def full_weights(runner) -> dict:
+    """The model's full (unsharded) weights, whatever the platform."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    model = runner.unwrap(runner.model)
+    if runner.config.platform == "fsdp":
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return model.state_dict()
