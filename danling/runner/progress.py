@@ -48,6 +48,8 @@ _SLACK = 8
 
 # The bar opened last by `progress_bar`, held weakly: a bar that is closed or collected is no longer current.
 _current: weakref.ReferenceType | None = None
+# Whether `inner_bars` hid the current bar: a bar opened meanwhile takes its line.
+_hidden = False
 
 
 def progress_bar(iterable: Iterable, description: str, total: int | None = None, initial: int = 0) -> Any:
@@ -66,7 +68,14 @@ def progress_bar(iterable: Iterable, description: str, total: int | None = None,
 
     global _current
     bar = tqdm(
-        iterable, desc=description, total=total, initial=initial, leave=False, dynamic_ncols=True, file=sys.stdout
+        iterable,
+        desc=description,
+        total=total,
+        initial=initial,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stdout,
+        position=0 if _hidden else None,
     )
     _current = weakref.ref(bar)
     return bar
@@ -74,16 +83,25 @@ def progress_bar(iterable: Iterable, description: str, total: int | None = None,
 
 @contextmanager
 def inner_bars() -> Iterator[None]:
-    """Bars opened inside are drawn below the current one, which is current again once they are done.
+    """Bars opened inside take the place of the current one, which is hidden meanwhile and shown again after.
 
-    For an evaluation inside a training pass: the training bar keeps its line and, afterwards, its postfix.
+    For an evaluation inside a training pass (training by steps): the screen keeps one bar at a time, and the
+    training bar comes back, with its postfix, where it was.
     """
-    global _current
-    outer = _current
+    global _current, _hidden
+    outer, saved = current_bar(), _current
+    if outer is not None:
+        outer.clear()
+        outer.disable = True  # tqdm neither redraws nor clears a disabled bar: `write` leaves it alone too
+        _hidden = True
     try:
         yield
     finally:
-        _current = outer
+        _current = saved
+        if outer is not None:
+            _hidden = False
+            outer.disable = False
+            outer.refresh()
 
 
 def current_bar() -> Any | None:

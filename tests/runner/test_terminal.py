@@ -92,6 +92,12 @@ def unlogged(tmp_path_factory) -> Screen:
     return play_in_a_terminal(tmp_path_factory.mktemp("unlogged"), "--no-log")
 
 
+@pytest.fixture(scope="module")
+def by_steps(tmp_path_factory) -> Screen:
+    """30 steps over passes of 12 batches, evaluating every 10 steps: evaluations inside the passes."""
+    return play_in_a_terminal(tmp_path_factory.mktemp("by_steps"), "--steps")
+
+
 def assert_one_clean_bar(screen: list[str]) -> None:
     bars = [line.rstrip() for line in screen if BAR_MARK.search(line)]
     assert len(bars) <= 1, "more than one bar on the screen:\n" + "\n".join(bars)
@@ -100,7 +106,7 @@ def assert_one_clean_bar(screen: list[str]) -> None:
         assert WHOLE_BAR.match(bar), f"the bar's line holds more than the bar: {bar!r}"
 
 
-@pytest.mark.parametrize("run", ["logged", "unlogged"])
+@pytest.mark.parametrize("run", ["logged", "unlogged", "by_steps"])
 def test_a_terminal_shows_at_most_one_bar_and_no_line_holds_a_bar_and_anything_else(run, request):
     terminal: Screen = request.getfixturevalue(run)
     assert terminal.bars(), "no bar was ever on the screen"
@@ -166,6 +172,18 @@ def test_the_last_screen_shows_the_results_table_with_its_columns_aligned(logged
     for row in rows:
         values = [match.end() for match in re.finditer(r"\d+\.\d{4}", row)]
         assert values == ends, f"{screen[header]!r}\n{row!r}"
+
+
+def test_by_steps_the_training_bar_gives_way_to_each_evaluation_and_comes_back(by_steps):
+    labels = [bar["label"] for bar in by_steps.bars()]
+    assert {"pass [0] train", "pass [1] train", "pass [2] train", "val"} == set(labels)
+    # Evaluations at steps 10 and 20 fall inside passes 0 and 1; the training bar of that pass is back after each.
+    for before, after in (("pass [0] train", "pass [1] train"), ("pass [1] train", "pass [2] train")):
+        first_val = labels.index("val", labels.index(before))
+        assert before in labels[first_val : labels.index(after)], labels
+    screen = [line.rstrip() for line in by_steps.last]
+    (header,) = [index for index, line in enumerate(screen) if re.search(r"step +train.loss  val.loss  val.acc$", line)]
+    assert [row.split()[0] for row in screen[header + 1 : header + 4]] == ["10", "20", "30"]
 
 
 def test_without_a_terminal_there_is_no_bar_and_the_step_lines_are_printed(tmp_path):

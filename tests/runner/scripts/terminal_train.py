@@ -1,6 +1,7 @@
 """Train a few short epochs as a person would watch them: bars, step lines, a print and a warning mid-epoch.
 
-Usage: terminal_train.py ROOT [--no-log]. Ends with the results table, as `examples/digits.py` does.
+Usage: terminal_train.py ROOT [--no-log] [--steps]. Ends with the results table, as `examples/digits.py` does.
+With `--steps`, the same data is trained by steps (30 steps, evaluating every 10: inside the passes).
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ class WatchedRunner(ClassificationRunner):
 
 
 if __name__ == "__main__":
-    config = make_config(sys.argv[1], **SETTINGS)
+    settings = dict(SETTINGS)
+    if "--steps" in sys.argv:
+        del settings["epoch_end"]
+        settings.update(step_end=30, eval_interval=10)
+    config = make_config(sys.argv[1], **settings)
     config.log = "--no-log" not in sys.argv
     runner = WatchedRunner(config)
     runner.train()
