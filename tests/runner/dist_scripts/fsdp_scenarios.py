@@ -5,8 +5,8 @@ Usage: fsdp_scenarios.py SCENARIO OUTPUT ROOT [EPOCHS]
 - `versus-ddp`: the same run on DDP (`TorchRunner`) and on FSDP (`FSDPRunner`), with clipping and accumulation.
 - `resume`: a straight FSDP run, and one that crashes mid-epoch and resumes from its `latest.dcp`.
 - `single`: one process: training, `from_checkpoint`, `load_pretrained` from DCP and from a consolidated file.
-- `train`: FSDP training to EPOCHS, resuming with `resume=True` if the run has a checkpoint, with a global batch
-  of 16 whatever the number of processes.
+- `train`: FSDP (or PLATFORM, the 5th argument) training to EPOCHS, resuming with `resume=True` if the run has a
+  checkpoint, with a global batch of 16 whatever the number of processes.
 - `oracle`: FSDP runs that record, at every optimizer step, the samples each process trained on and the full
   (gathered) parameters and gradients, for the test to recompute on one process with plain torch: `clip` (batch 8,
   clipping active), `accumulate` (micro-batches of 4, accumulated over 2) and `large` (batches of 8).
@@ -162,10 +162,10 @@ def main() -> None:
         )
     elif scenario == "train":
         # Global batch 16 whatever the world size: 8 per process, accumulated over 2 // world micro-batches.
-        epochs = int(sys.argv[4])
+        epochs, platform = int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else "fsdp"
         world = int(os.environ.get("WORLD_SIZE", "1"))
         config = make_config(
-            root, platform="fsdp", epoch_end=4, accum_steps=2 // world, resume=True, dropout=0.0, **SAMPLES
+            root, platform=platform, epoch_end=4, accum_steps=2 // world, resume=True, dropout=0.0, **SAMPLES
         )
         config.run_id = "fixed"  # the same run, and directory, whatever the world size
         runner = ResumableRunner(config)  # its schedule spans 4 epochs, however many this launch trains
@@ -173,7 +173,7 @@ def main() -> None:
         runner.config.epoch_end = epochs
         runner.train()
         report["final"] = full(runner)
-        if rank == 0 and world == 1:
+        if rank == 0 and world == 1 and platform == "fsdp":
             from danling.runner.fsdp_runner import consolidate_checkpoint
 
             latest = os.path.join(runner.checkpoint_dir, "latest.dcp")
