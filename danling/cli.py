@@ -23,6 +23,7 @@ from .runs import (
     CONFIG_FILE,
     RunSummary,
     checkpoint_dir,
+    find_latest,
     find_run_dirs,
     find_runs,
     is_run_dir,
@@ -38,7 +39,7 @@ from .scoring import find_best_index, find_scores, format_results_table, table_c
 __all__ = ["format_runs_table", "main"]
 
 _RUNS_COLUMNS = ("experiment", "run", "id", "timestamp", "state", "epochs", "steps", "best", "dir")
-# States after which `latest.pth` is worth pointing out: the run did not end on its own.
+# States after which `latest` is worth pointing out: the run did not end on its own.
 _UNFINISHED_STATES = ("interrupted", "crashed", "unknown")
 
 
@@ -187,10 +188,10 @@ def _show_lines(
     if command is not None:
         lines.append(f"  {command}")
     elif run.resumable:
-        latest = os.path.join(directory, "latest.pth")
+        latest = find_latest(directory)
         lines.append(f"  launch the training script again with --checkpoint {latest} (no command in run.json)")
     else:
-        lines.append("  nothing to resume from: no latest.pth")
+        lines.append("  nothing to resume from: no latest checkpoint")
     return lines
 
 

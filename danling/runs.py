@@ -200,6 +200,20 @@ def checkpoint_dir(run_dir: str, state: Mapping | None = None, config: Mapping |
     return os.path.join(run_dir, (config or {}).get("checkpoint_dir_name") or DEFAULT_CHECKPOINT_DIR_NAME)
 
 
+LATEST_CHECKPOINTS = ("latest.pth", "latest.dcp", "latest.ds", "latest.accelerate")
+"""What `latest` is called on each platform: a file (`torch`), or a pointer to a directory (`fsdp`, `deepspeed`,
+`accelerate`)."""
+
+
+def find_latest(directory: str) -> str | None:
+    """The path of the `latest` checkpoint in `directory`, whichever platform wrote it; `None` when there is none."""
+    for name in LATEST_CHECKPOINTS:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def list_checkpoints(directory: str) -> list[str]:
     """Names of the checkpoints in `directory`: `latest`, `best`, then the others (`epoch-N` by N)."""
     try:
@@ -253,7 +267,7 @@ def read_run(run_dir: str) -> RunSummary:
             summary.best_score = scores[summary.best_epoch]
     directory = checkpoint_dir(run_dir, state, config)
     summary.checkpoints = list_checkpoints(directory)
-    summary.resumable = os.path.isfile(os.path.join(directory, "latest.pth"))
+    summary.resumable = find_latest(directory) is not None
     return summary
 
 
@@ -297,15 +311,15 @@ def resume_command(run_dir: str, state: Mapping | None = None) -> str | None:
     """The shell command that continues the run from its `latest` checkpoint, or `None` when it cannot.
 
     It is the command that launched the run (from `run.json`), run from the same working directory, with any
-    `--checkpoint`/`--resume` argument replaced by `--checkpoint <latest.pth>`; a run launched on several processes
+    `--checkpoint`/`--resume` argument replaced by `--checkpoint <latest>`; a run launched on several processes
     is relaunched through `torch.distributed.run` (`torchrun`) with as many. The script must read its command line
     with `config.parse()`.
     """
     state = read_state(run_dir) if state is None else state
     if not state or not state.get("command"):
         return None
-    latest = os.path.join(checkpoint_dir(run_dir, state), "latest.pth")
-    if not os.path.isfile(latest):
+    latest = find_latest(checkpoint_dir(run_dir, state))
+    if latest is None:
         return None
     command, args = list(state["command"]), list(state.get("args") or [])
     split = len(command) - len(args)

@@ -151,6 +151,8 @@ def test_training_by_steps_on_the_other_platforms_resumes_exactly_and_keeps_the_
     crashed = ResumableRunner(make_config(tmp_path / "crashed", fail_at_iter=11, **settings))
     with pytest.raises(Interrupted):
         crashed.train()
+    summary = read_run(crashed.dir)  # `danling runs` finds this platform's latest pointer
+    assert summary.state == "crashed" and summary.resumable and summary.by_steps
     resumed = ResumableRunner.from_checkpoint(os.path.join(crashed.checkpoint_dir, f"latest{extension}"))
     resumed.config.fail_at_iter = None
     resumed.train()
