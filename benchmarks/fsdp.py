@@ -43,7 +43,7 @@ from torch import distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from danling.runner import fsdp_utils
+from danling.runner import dcp, fsdp_utils
 
 WIDTH = 2048
 MIB = 2**20
@@ -96,14 +96,14 @@ def checkpoint_benchmark(args: argparse.Namespace, root: str, rank: int) -> None
 
     def dcp_save() -> None:
         latest[0] = os.path.join(root, f"dcp-{next(counter)}")  # a fresh directory per save, as a runner would
-        fsdp_utils.dcp_save({"app": fsdp_utils.ModelOptimizerState(model, optimizer)}, latest[0])
+        dcp.dcp_save({"app": dcp.ModelOptimizerState(model, optimizer)}, latest[0])
 
     def dcp_load() -> None:
-        fsdp_utils.dcp_load({"app": fsdp_utils.ModelOptimizerState(fresh, fresh_optimizer)}, latest[0])
+        dcp.dcp_load({"app": dcp.ModelOptimizerState(fresh, fresh_optimizer)}, latest[0])
 
     def full_read() -> None:
         if rank == 0:
-            fsdp_utils.dcp_to_full_state_dict(latest[0])
+            dcp.dcp_to_full_state_dict(latest[0])
 
     def plain_save() -> None:
         if plain is not None and plain_optimizer is not None:

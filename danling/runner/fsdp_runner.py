@@ -24,7 +24,7 @@ from torch import nn
 
 from ..utils import distributed as du
 from ..utils.io import CorruptFileError, load, save
-from . import fsdp_utils
+from . import dcp, fsdp_utils
 from .checkpoint import CheckpointLike, extract_model_state
 from .pointers import PointedCheckpoints, fresh_tag, resolve_checkpoint
 from .torch_runner import TorchRunner
@@ -139,10 +139,10 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
 
     def sharded_state(self) -> dict[str, Any]:
         """The DCP state: model and optimizer (and the EMA), keyed by parameter name so any world size loads it."""
-        state: dict[str, Any] = {"model": fsdp_utils.ModelOptimizerState(self.model, self.optimizer)}  # type: ignore[arg-type]
+        state: dict[str, Any] = {"model": dcp.ModelOptimizerState(self.model, self.optimizer)}  # type: ignore[arg-type]
         ema: Any = self.ema
         if isinstance(ema, torch.optim.swa_utils.AveragedModel):
-            state["ema"] = fsdp_utils.ModelOptimizerState(ema)
+            state["ema"] = dcp.ModelOptimizerState(ema)
         return state
 
     def save_checkpoint(self, name: str = "latest", epochs: int | None = None, save_best: bool = True) -> None:
@@ -165,7 +165,7 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
             save(self.state_dict(), os.path.join(shards, tag, RUN_STATE_FILE))
         # The main process's name, sent once the directory exists (on a shared filesystem) for every process.
         tag = self.broadcast_object(tag)
-        fsdp_utils.dcp_save(self.sharded_state(), os.path.join(shards, tag))
+        dcp.dcp_save(self.sharded_state(), os.path.join(shards, tag))
         # dcp_save returns on the main process after it wrote `.metadata`, which it does once every process has
         # finished: the checkpoint is complete, and pointing at it is safe. Every process waits for the pointers,
         # so none reads `latest` before it names this checkpoint.
@@ -174,7 +174,7 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
     @staticmethod
     def is_checkpoint(path: str) -> bool:
         """Whether `path` names a DCP checkpoint: a `.dcp` pointer, or a directory with DCP's `.metadata`."""
-        return path.endswith(POINTER_EXTENSION) or os.path.isfile(os.path.join(path, fsdp_utils.METADATA_FILE))
+        return path.endswith(POINTER_EXTENSION) or os.path.isfile(os.path.join(path, dcp.METADATA_FILE))
 
     @classmethod
     def read_checkpoint_file(cls, checkpoint: CheckpointLike, **kwargs: Any) -> Mapping:
@@ -187,7 +187,7 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
         if isinstance(checkpoint, Mapping):
             return checkpoint
         directory = resolve_checkpoint(os.fsdecode(checkpoint))
-        problems = fsdp_utils.checkpoint_complete(directory)
+        problems = dcp.checkpoint_complete(directory)
         if problems:
             raise CorruptFileError(f"checkpoint {directory} is incomplete: " + "; ".join(problems))
         state = dict(load(os.path.join(directory, RUN_STATE_FILE), **kwargs))
@@ -205,7 +205,7 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
         if "dcp" not in state:
             raise ValueError("an FSDP runner loads DCP checkpoints; use load_pretrained for plain model weights")
         self.load_state_dict(state)
-        fsdp_utils.dcp_load(self.sharded_state(), state["dcp"])
+        dcp.dcp_load(self.sharded_state(), state["dcp"])
         if not isinstance(checkpoint, Mapping):
             self.config.checkpoint = os.fsdecode(checkpoint)
 
@@ -217,7 +217,7 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
             raise ValueError("model is not defined: assign self.model before loading pretrained weights")
         path = os.fsdecode(checkpoint) if not isinstance(checkpoint, Mapping) else None
         if path is not None and (self.is_checkpoint(path) or os.path.isdir(path)):
-            fsdp_utils.dcp_load({"model": fsdp_utils.ModelOptimizerState(self.model)}, resolve_checkpoint(path))
+            dcp.dcp_load({"model": dcp.ModelOptimizerState(self.model)}, resolve_checkpoint(path))
             return
         full = extract_model_state(super().read_checkpoint_file(checkpoint, **kwargs))
         set_model_state_dict(self.model, dict(full), options=StateDictOptions(full_state_dict=True))
@@ -239,7 +239,7 @@ def consolidate_checkpoint(checkpoint: str, output: str, ema: bool = False) -> s
     """
     directory = resolve_checkpoint(checkpoint)
     key = "ema" if ema else "model"
-    state = fsdp_utils.dcp_to_full_state_dict(directory, keys=[key])
+    state = dcp.dcp_to_full_state_dict(directory, keys=[key])
     weights = state[key]["model"]
     if ema:
         weights = {name[len("module.") :]: value for name, value in weights.items() if name.startswith("module.")}

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from danling.runner.dcp import checkpoint_complete
 from danling.runner.fsdp_runner import FSDPRunner, resolve_checkpoint
-from danling.runner.fsdp_utils import checkpoint_complete
 from danling.utils.io import CorruptFileError
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "fsdp_scenarios.py"

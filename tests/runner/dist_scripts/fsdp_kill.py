@@ -87,7 +87,7 @@ def install_killer(kill_at: int, marker: str) -> None:
             if created == kill_at:
                 self.fs = KillingFileSystem(marker)
 
-    # `fsdp_utils.dcp_save` looks the writer up on `torch.distributed.checkpoint` at every save.
+    # `danling.runner.dcp.dcp_save` looks the writer up on `torch.distributed.checkpoint` at every save.
     dcp.FileSystemWriter = Writer  # type: ignore[misc]
 
 
