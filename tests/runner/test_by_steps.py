@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import distributed as dist
 from toys import (
     ClassificationRunner,
     Interrupted,
@@ -136,6 +138,19 @@ def test_a_length_in_steps_or_epochs_is_required_and_an_empty_pass_is_an_error(t
         runner.train()
 
 
+@pytest.fixture
+def own_process_group():
+    """Leave no process group (or torchrun variable) behind: these platforms make one even on one process."""
+    environ = dict(os.environ)
+    yield
+    gc.collect()  # the runners, and the engines holding the group, are gone before it is
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(environ)
+
+
+@pytest.mark.usefixtures("own_process_group")
 @pytest.mark.parametrize("platform", ["fsdp", "accelerate", "deepspeed"])
 def test_training_by_steps_on_the_other_platforms_resumes_exactly_and_keeps_the_best_step(tmp_path, platform):
     if platform != "fsdp":
