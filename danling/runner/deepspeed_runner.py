@@ -151,20 +151,12 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
 
     checkpoint_extension = POINTER_EXTENSION
     checkpoint_states_dir = ENGINE_DIR_NAME
-
-    def restore_and_wrap(self) -> None:
-        """Build the engine first, then restore the checkpoint into it."""
-        self.wrap_model()
-        self.restore_checkpoint()
+    needs_process_group = True
+    wraps_before_restore = True  # the checkpoint loads into the engine
 
     def init_distributed(self) -> None:
-        """As `TorchRunner`, but one process gets a process group too; DeepSpeed's communication then uses it."""
+        """As `TorchRunner` (one process gets a process group too); DeepSpeed's communication then uses it."""
         super().init_distributed()
-        if not dist.is_initialized():
-            backend = self.process_group_backend()
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-            self.config.backend = backend
-            du.destroy_process_group_at_exit()
         if dist.get_world_size() == 1:
             # What torchrun would set; DeepSpeed's engine reads it (also for a group another runner made).
             os.environ.setdefault("LOCAL_RANK", "0")

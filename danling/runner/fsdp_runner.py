@@ -19,7 +19,6 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-from torch import distributed as dist
 from torch import nn
 
 from ..utils import distributed as du
@@ -54,21 +53,8 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
 
     checkpoint_extension = POINTER_EXTENSION
     checkpoint_states_dir = SHARDS_DIR_NAME
-
-    def restore_and_wrap(self) -> None:
-        """Shard the model first, then restore the checkpoint: DCP loads into the shards, resharding as needed."""
-        self.wrap_model()
-        self.restore_checkpoint()
-
-    def init_distributed(self) -> None:
-        """As `TorchRunner`, but one process gets a process group too: `fully_shard` needs one."""
-        super().init_distributed()
-        if dist.is_initialized():
-            return
-        backend = self.process_group_backend()
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-        self.config.backend = backend
-        du.destroy_process_group_at_exit()
+    needs_process_group = True  # `fully_shard` needs one, on one process too
+    wraps_before_restore = True  # DCP loads into the shards, resharding as needed
 
     # Model
 

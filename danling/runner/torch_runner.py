@@ -64,6 +64,10 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
 
     model: nn.Module | None = None
     scaler: torch.amp.GradScaler | None = None
+    needs_process_group: bool = False
+    """Whether the backend needs a process group on one process too (FSDP, DeepSpeed): one of one is made."""
+    wraps_before_restore: bool = False
+    """Whether a checkpoint loads into the wrapped model, so wrapping comes first (see `restore_and_wrap`)."""
 
     def __post_init__(self) -> None:
         self.init_environment()
@@ -76,9 +80,17 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
             self.config.log_interval = max(1, max(len(loader) for loader in self.dataloaders.values()) // 10)
 
     def restore_and_wrap(self) -> None:
-        """Restore the checkpoint given at construction, then wrap the model (DDP takes the restored weights)."""
-        self.restore_checkpoint()
-        self.wrap_model()
+        """Restore the checkpoint given at construction, then wrap the model (DDP takes the restored weights).
+
+        A backend with `wraps_before_restore` wraps first: its checkpoint loads into the wrapped model (FSDP's
+        shards, DeepSpeed's engine).
+        """
+        if self.wraps_before_restore:
+            self.wrap_model()
+            self.restore_checkpoint()
+        else:
+            self.restore_checkpoint()
+            self.wrap_model()
 
     # Environment
 
@@ -89,7 +101,14 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         `world_size` and `rank` come from the config, else from the environment `torchrun` sets.
         """
         world_size = int(self.config.get("world_size") or os.environ.get("WORLD_SIZE", "1"))
-        if not dist.is_available() or (world_size <= 1 and not dist.is_initialized()):
+        if not dist.is_available():
+            return
+        if world_size <= 1 and not dist.is_initialized():
+            if self.needs_process_group:
+                backend = self.process_group_backend()
+                dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+                self.config.backend = backend
+                du.destroy_process_group_at_exit(release=_release_process_group_users)
             return
         if not dist.is_initialized():
             backend = self.process_group_backend()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from toys import assert_bitwise_equal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).parent / "dist_scripts" / "accelerate_scenarios.py"
@@ -47,22 +48,6 @@ def assert_close(a: dict, b: dict, atol: float) -> None:
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=0, atol=atol), (key, (a[key] - b[key]).abs().max().item())
-
-
-def assert_equal(a, b, path="state"):
-    """Recursive equality where tensors must match bit for bit."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys differ"
-        for key in a:
-            assert_equal(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for index, (x, y) in enumerate(zip(a, b)):
-            assert_equal(x, y, f"{path}[{index}]")
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 def test_import_danling_does_not_import_accelerate():
@@ -115,7 +100,7 @@ def test_accelerate_resumes_bit_for_bit_after_an_epoch_and_inside_one(tmp_path, 
             assert resumed["from"].endswith("latest.accelerate"), case
             assert resumed["epoch_begin"] == epoch_begin, case
             for key in ("model", "ema", "optimizer", "scheduler", "results", "counters", "lrs"):
-                assert_equal(resumed[key], straight[key], f"{case}.{key}")
+                assert_bitwise_equal(resumed[key], straight[key], f"{case}.{key}")
 
 
 @requires_accelerate
