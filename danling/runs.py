@@ -30,11 +30,13 @@ from .defaults import DEFAULT_CHECKPOINT_DIR_NAME, DEFAULT_SCORE_NAME
 from .scoring import choose_best_fn, find_best_index, find_scores, infer_score_split
 
 __all__ = [
+    "CHECKPOINT_EXTENSIONS",
     "CONFIG_FILE",
     "RESULTS_FILE",
     "RUN_STATES",
     "STATE_FILE",
     "RunSummary",
+    "find_latest",
     "find_run_dirs",
     "find_runs",
     "list_checkpoints",
@@ -42,6 +44,7 @@ __all__ = [
     "read_config",
     "read_results",
     "read_run",
+    "trains_by_steps",
     "read_state",
     "resume_command",
 ]
@@ -200,15 +203,24 @@ def checkpoint_dir(run_dir: str, state: Mapping | None = None, config: Mapping |
     return os.path.join(run_dir, (config or {}).get("checkpoint_dir_name") or DEFAULT_CHECKPOINT_DIR_NAME)
 
 
-LATEST_CHECKPOINTS = ("latest.pth", "latest.dcp", "latest.ds", "latest.accelerate")
-"""What `latest` is called on each platform: a file (`torch`), or a pointer to a directory (`fsdp`, `deepspeed`,
-`accelerate`)."""
+CHECKPOINT_EXTENSIONS: dict[str, str] = {
+    "torch": ".pth",
+    "fsdp": ".dcp",
+    "deepspeed": ".ds",
+    "accelerate": ".accelerate",
+}
+"""The extension of each platform's checkpoints: a file (`latest.pth`), or a pointer to a directory (`latest.dcp`)."""
+
+
+def trains_by_steps(config: Mapping) -> bool:
+    """Whether a run with `config` is counted in optimizer steps: `step_end` or `iter_end` is set, `epoch_end` not."""
+    return config.get("epoch_end") is None and bool(config.get("step_end") or config.get("iter_end"))
 
 
 def find_latest(directory: str) -> str | None:
     """The path of the `latest` checkpoint in `directory`, whichever platform wrote it; `None` when there is none."""
-    for name in LATEST_CHECKPOINTS:
-        path = os.path.join(directory, name)
+    for extension in CHECKPOINT_EXTENSIONS.values():
+        path = os.path.join(directory, f"latest{extension}")
         if os.path.isfile(path):
             return path
     return None
@@ -248,7 +260,7 @@ def read_run(run_dir: str) -> RunSummary:
         updated=state.get("updated"),
         epochs=len(results),
         epoch_end=config.get("epoch_end"),
-        by_steps=config.get("epoch_end") is None and bool(config.get("step_end") or config.get("iter_end")),
+        by_steps=trains_by_steps(config),
         steps=state.get("steps"),
         step_end=config.get("step_end"),
         error=state.get("error"),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import uuid
-import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -36,18 +35,19 @@ from accelerate.scheduler import AcceleratedScheduler
 from torch import distributed as dist
 from torch import nn
 
+from ..runs import CHECKPOINT_EXTENSIONS
 from ..utils import distributed as du
 from ..utils.io import CorruptFileError, fsync_dir, load, remove_stale_temporaries, save
 from .checkpoint import CheckpointLike
 from .pointers import PointedCheckpoints, durable_size, resolve_checkpoint
-from .torch_runner import TorchRunner
+from .torch_runner import _DISTRIBUTED_RUNNERS, TorchRunner, _release_process_group_users
 
 __all__ = ["MIXED_PRECISION", "AccelerateRunner"]
 
 MIXED_PRECISION = {None: "no", "fp32": "no", "fp16": "fp16", "bf16": "bf16"}
 """Accelerate's `mixed_precision` for each `Config.precision`."""
 
-POINTER_EXTENSION = ".accelerate"
+POINTER_EXTENSION = CHECKPOINT_EXTENSIONS["accelerate"]
 STATES_DIR_NAME = "accelerate"
 RUN_STATE_FILE = "runner.pth"
 WEIGHTS_FILE = "model.pth"
@@ -56,7 +56,6 @@ WEIGHTS_FILE = "model.pth"
 UNSUPPORTED_MODES = {"DEEPSPEED": "deepspeed", "FSDP": "fsdp", "MEGATRON_LM": None, "XLA": None}
 
 # Runners on several processes, whose DDP wrappers are dropped before the process group is torn down at exit.
-_DISTRIBUTED_RUNNERS: weakref.WeakSet = weakref.WeakSet()
 
 
 class AccelerateRunner(PointedCheckpoints, TorchRunner):
@@ -114,6 +113,13 @@ class AccelerateRunner(PointedCheckpoints, TorchRunner):
         du.destroy_process_group_at_exit(release=_release_process_group_users)
         self.config.backend = dist.get_backend()
         self.timestamp = du.broadcast_object(self.timestamp)
+
+    def release_process_group(self) -> None:
+        """Drop the DDP wrapper and the accelerator's references: both keep the process group alive."""
+        super().release_process_group()
+        accelerator = self.__dict__.get("_accelerator")
+        if accelerator is not None:
+            accelerator.free_memory()
 
     def _on_cpu(self) -> bool:
         return self.config.get("device") == "cpu" or not _has_accelerator()
@@ -396,14 +402,3 @@ class AccelerateRunner(PointedCheckpoints, TorchRunner):
 def _has_accelerator() -> bool:
     probe = getattr(torch, "accelerator", None)  # torch >= 2.6
     return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
-
-
-def _release_process_group_users() -> None:
-    """Drop the DDP wrappers of live runners (and the accelerator's references): they keep the group alive."""
-    for runner in list(_DISTRIBUTED_RUNNERS):
-        model = runner.__dict__.get("model")
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            runner.__dict__["model"] = model.module
-        accelerator = runner.__dict__.get("_accelerator")
-        if accelerator is not None:
-            accelerator.free_memory()

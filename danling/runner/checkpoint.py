@@ -85,6 +85,17 @@ def epoch_checkpoints(names: list[str], extension: str = ".pth") -> list[str]:
     return sorted(numbered, key=lambda name: int(name[6:end]), reverse=True)
 
 
+def checkpoint_roles(config: Mapping, position: Mapping | None, epochs: int) -> tuple[bool, bool]:
+    """`(snapshot, scored)`: whether a checkpoint is also the `epoch-{epochs}` snapshot, and whether it may be `best`.
+
+    A snapshot is due at an epoch's end every `save_interval` epochs. A checkpoint from inside an epoch (one with a
+    `position`) is never a snapshot, and is scored only when taken right after an evaluation (training by steps).
+    """
+    period = interval(config.get("save_interval"))
+    snapshot = position is None and bool(period) and (epochs + 1) % period == 0
+    return snapshot, position is None or bool(position.get("evaluated"))
+
+
 def prune_epoch_checkpoints(directory: str, keep: int | None, extension: str = ".pth") -> list[str]:
     """Delete all but the newest `keep` `epoch-N.pth` files in `directory`; return the paths deleted.
 
@@ -235,13 +246,10 @@ class CheckpointIO:
         latest_path = os.path.join(checkpoint_dir, f"{name}.pth")
         spare = bool(self.config.get("checkpoint_spare")) and latest_path.endswith(".pth")
         self.save(state, latest_path, spare=spare)  # type: ignore[attr-defined]
-        save_interval = interval(self.config.get("save_interval"))
-        position = state.get("position")
-        if position is None and save_interval and (epochs + 1) % save_interval == 0:
+        snapshot, scored = checkpoint_roles(self.config, state.get("position"), epochs)
+        if snapshot:
             atomic_copy(latest_path, os.path.join(checkpoint_dir, f"epoch-{epochs}.pth"))
             prune_epoch_checkpoints(checkpoint_dir, self.config.get("max_epoch_checkpoints"))
-        # Inside an epoch, only a checkpoint taken right after an evaluation (training by steps) is scored.
-        scored = position is None or bool(position.get("evaluated"))
         if scored and save_best and self.is_best:  # type: ignore[attr-defined]
             atomic_copy(latest_path, os.path.join(checkpoint_dir, "best.pth"))
 

@@ -27,6 +27,7 @@ from deepspeed.accelerator import get_accelerator
 from torch import distributed as dist
 from torch import nn
 
+from ..runs import CHECKPOINT_EXTENSIONS
 from ..utils import distributed as du
 from ..utils.io import CorruptFileError, fsync_dir, load, save, to_builtin
 from .checkpoint import CheckpointLike, extract_model_state
@@ -35,7 +36,7 @@ from .torch_runner import TorchRunner
 
 __all__ = ["DeepSpeedRunner", "deepspeed_config", "full_weights"]
 
-POINTER_EXTENSION = ".ds"
+POINTER_EXTENSION = CHECKPOINT_EXTENSIONS["deepspeed"]
 RUN_STATE_FILE = "runner.pth"
 ENGINE_DIR_NAME = "deepspeed"
 MODEL_STATES_PATTERN = "*model_states.pt"

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..runs import CHECKPOINT_EXTENSIONS
 from ..utils import distributed as du
 from ..utils.io import CorruptFileError, load, save
 from . import dcp, fsdp_utils
@@ -30,7 +31,7 @@ from .torch_runner import TorchRunner
 
 __all__ = ["FSDPRunner", "consolidate_checkpoint"]
 
-POINTER_EXTENSION = ".dcp"
+POINTER_EXTENSION = CHECKPOINT_EXTENSIONS["fsdp"]
 RUN_STATE_FILE = "runner.pth"
 SHARDS_DIR_NAME = "dcp"
 

@@ -17,8 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..utils.io import CorruptFileError, atomic_write
-from .checkpoint import prune_epoch_checkpoints
-from .config import interval
+from .checkpoint import checkpoint_roles, prune_epoch_checkpoints
 
 __all__ = ["PointedCheckpoints", "durable_size", "fresh_tag", "point", "remove_unreferenced", "resolve_checkpoint"]
 
@@ -129,12 +128,10 @@ class PointedCheckpoints:
         checkpoint_dir, extension = self.checkpoint_dir, self.checkpoint_extension
         target = os.path.join(self.checkpoint_states_dir, tag)
         point(checkpoint_dir, name, target, extension)
-        position = self._position
-        period = interval(self.config.get("save_interval"))
-        if position is None and period and (epochs + 1) % period == 0:
+        snapshot, scored = checkpoint_roles(self.config, self._position, epochs)
+        if snapshot:
             point(checkpoint_dir, f"epoch-{epochs}", target, extension)
             prune_epoch_checkpoints(checkpoint_dir, self.config.get("max_epoch_checkpoints"), extension)
-        scored = position is None or bool(position.get("evaluated"))
         if scored and save_best and self.is_best:
             point(checkpoint_dir, "best", target, extension)
         remove_unreferenced(checkpoint_dir, self.checkpoint_states_dir, extension)

@@ -201,8 +201,7 @@ class Results:
         epochs = self.config.epochs if epochs is None else epochs
         epoch_end = self.config.epoch_end if epoch_end is None else epoch_end
         header = epoch_label(epochs, epoch_end) if epoch_end else ""
-        body = format_result(result, format_spec=format_spec)
-        return f"{header}\n{body}" if header and "\n" in body else f"{header}\t{body}" if header else body
+        return with_header(header, format_result(result, format_spec=format_spec))
 
     @property
     def current_metrics(self) -> Any:
@@ -279,6 +278,18 @@ class Results:
         self.save({**header, **latest_plain}, latest_path)  # type: ignore[attr-defined]
         if self.is_best:
             atomic_copy(latest_path, os.path.join(directory, "best.json"))
+
+
+def with_header(header: str, body: str) -> str:
+    """`body` after `header`: on the same line (a tab between) if it is one line, below it if it is several.
+
+    Examples:
+        >>> with_header("epoch [0/2]", "train: loss: 0.5")
+        'epoch [0/2]\\ttrain: loss: 0.5'
+    """
+    if not header:
+        return body
+    return f"{header}\n{body}" if "\n" in body else f"{header}\t{body}"
 
 
 def epoch_label(epochs: int, epoch_end: int) -> str:

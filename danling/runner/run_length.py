@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from math import ceil
 from typing import TYPE_CHECKING, Any
 
+from ..runs import trains_by_steps as counts_in_steps
+
 __all__ = ["RunLength"]
 
 
@@ -103,7 +105,7 @@ class RunLength:
         `train` then passes over the data as often as needed, evaluates every `eval_interval` steps and at the
         end, and indexes `results` by step.
         """
-        return self.config.epoch_end is None and bool(self.config.step_end or self.config.iter_end)
+        return counts_in_steps(self.config)
 
     @property
     def accum_steps(self) -> int:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
+from ..runs import CHECKPOINT_EXTENSIONS
 from .fsdp_runner import FSDPRunner
 from .torch_runner import TorchRunner
 
@@ -26,7 +27,9 @@ PLATFORM_RUNNERS: dict[str, str] = {
 `auto` is `torch`: never another platform because its package happens to be installed.
 """
 
-POINTER_PLATFORMS: dict[str, str] = {".dcp": "fsdp", ".accelerate": "accelerate", ".ds": "deepspeed"}
+POINTER_PLATFORMS: dict[str, str] = {
+    extension: platform for platform, extension in CHECKPOINT_EXTENSIONS.items() if platform != "torch"
+}
 """The platform whose checkpoints sit behind pointer files of each extension (`latest.dcp`, ...)."""
 
 PLATFORM_EXTRAS: dict[str, str] = {"accelerate": "accelerate", "deepspeed": "deepspeed"}

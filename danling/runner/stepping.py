@@ -23,6 +23,7 @@ from .config import interval
 from .meta import RunnerMode
 from .parts import RunnerParts
 from .progress import inner_bars
+from .results import with_header
 
 __all__ = ["StepTraining", "step_label"]
 
@@ -64,8 +65,9 @@ class StepTraining(RunnerParts):
         return bool(self.results) and next(reversed(self.results)) == self.config.steps
 
     def _step_evaluation_due(self) -> bool:
-        """Whether the optimizer step just taken is one to evaluate at (the last one is left to `_train_by_steps`)."""
-        if self._step_evaluate_splits is None or self._reached_end():
+        """Whether the optimizer step just taken is one to evaluate at, when training by steps (the last one is left
+        to `_train_by_steps`)."""
+        if self._reached_end():
             return False
         period = interval(self.config.eval_interval)
         return bool(period) and self.config.steps % period == 0
@@ -87,8 +89,7 @@ class StepTraining(RunnerParts):
         self._reset_measures()  # the next result averages the steps after this one
         steps = self.config.steps
         self.append_result(result, index=steps)
-        body = self.format_result(result)
-        print(f"{step_label(self)}\n{body}" if "\n" in body else f"{step_label(self)}\t{body}")
+        print(with_header(step_label(self), self.format_result(result)))
         self.save_result()
         for name, split_result in result.items():
             self.write_result(split_result, f"{name}/evaluation", steps=steps)

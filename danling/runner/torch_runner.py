@@ -125,6 +125,12 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         self.config.backend = dist.get_backend()
         self.timestamp = du.broadcast_object(self.timestamp)
 
+    def release_process_group(self) -> None:
+        """Drop the DDP wrapper, which keeps the process group alive past its destruction; called at exit."""
+        model = self.__dict__.get("model")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            self.__dict__["model"] = model.module
+
     def process_group_backend(self) -> str:
         """The backend of a process group this runner creates: `config.backend`, else `nccl` on CUDA, else `gloo`.
 
@@ -330,8 +336,6 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
 
 
 def _release_process_group_users() -> None:
-    """Unwrap the DDP models of live runners: a DDP wrapper keeps the process group alive past its destruction."""
+    """Let every live runner drop what keeps the process group alive past its destruction (a DDP wrapper)."""
     for runner in list(_DISTRIBUTED_RUNNERS):
-        model = runner.__dict__.get("model")
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            runner.__dict__["model"] = model.module
+        runner.release_process_group()
