@@ -41,7 +41,7 @@ class ProcessStateMixin(RunnerParts):
 
     def _local_process_state(self) -> dict[str, Any]:
         """This process's random generators and loader generators, and inside an epoch its meters and metrics."""
-        rng = get_rng_state()
+        rng = get_rng_state(self.device)
         rng["dataloaders"] = {}
         for split, loader in self.dataloaders.items():
             generator = getattr(loader, "generator", None)
@@ -107,7 +107,7 @@ class ProcessStateMixin(RunnerParts):
                 warn(f"checkpoint holds no {key} of process {rank}: not restored", RuntimeWarning, stacklevel=2)
                 continue
             if key == "rng":
-                set_rng_state(entries[rank])
+                set_rng_state(entries[rank], self.device)
                 for split, generator_state in entries[rank].get("dataloaders", {}).items():
                     generator = getattr(self.dataloaders.get(split), "generator", None)
                     if generator is not None and generator_state is not None:

@@ -97,8 +97,11 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
     def init_distributed(self) -> None:
         """Join (or start) the process group `torchrun` describes, and agree on the timestamp.
 
-        The backend is `config.backend`, else `nccl` when CUDA is available and `gloo` otherwise; `init_method`,
-        `world_size` and `rank` come from the config, else from the environment `torchrun` sets.
+        The backend is `config.backend`, else `gloo` when `config.device` is the CPU, else `nccl` when CUDA is
+        available and `gloo` otherwise; `init_method`, `world_size` and `rank` come from the config, else from the
+        environment `torchrun` sets. On `nccl`, this process's GPU ([`device`][danling.TorchRunner.device]) becomes
+        the current CUDA device before the first collective, whoever created the group, so no two processes talk
+        through the same GPU.
         """
         world_size = int(self.config.get("world_size") or os.environ.get("WORLD_SIZE", "1"))
         if not dist.is_available():
@@ -106,9 +109,12 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         if world_size <= 1 and not dist.is_initialized():
             if self.needs_process_group:
                 backend = self.process_group_backend()
-                dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+                dist.init_process_group(
+                    backend, store=dist.HashStore(), rank=0, world_size=1, **self._process_group_device(backend)
+                )
                 self.config.backend = backend
                 du.destroy_process_group_at_exit(release=_release_process_group_users)
+                self.select_cuda_device()
             return
         if not dist.is_initialized():
             backend = self.process_group_backend()
@@ -118,12 +124,32 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
                 init_method=self.config.get("init_method"),
                 world_size=world_size,
                 rank=int(rank if rank is not None else os.environ.get("RANK", "0")),
+                **self._process_group_device(backend),
             )
             # Created here, so torn down here when the interpreter exits, whatever the user's script does.
             du.destroy_process_group_at_exit(release=_release_process_group_users)
         _DISTRIBUTED_RUNNERS.add(self)
         self.config.backend = dist.get_backend()
+        self.select_cuda_device()
         self.timestamp = du.broadcast_object(self.timestamp)
+
+    def _process_group_device(self, backend: str) -> dict[str, Any]:
+        # NCCL binds its communicator to the GPU named here (and connects eagerly): this process's own.
+        if backend != "nccl":
+            return {}
+        device = self._choose_device(nccl=True)
+        torch.cuda.set_device(device)
+        return {"device_id": device}
+
+    def select_cuda_device(self) -> None:
+        """Make [`device`][danling.TorchRunner.device] the current CUDA device when it is a GPU.
+
+        Collectives on `nccl`, `torch.cuda` calls without a device, and engines that read the current device (FSDP,
+        the grad scaler) then all use this process's GPU, not `cuda:0`.
+        """
+        device = self.device
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
 
     def release_process_group(self) -> None:
         """Drop the DDP wrapper, which keeps the process group alive past its destruction; called at exit."""
@@ -132,14 +158,15 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
             self.__dict__["model"] = model.module
 
     def process_group_backend(self) -> str:
-        """The backend of a process group this runner creates: `config.backend`, else `nccl` on CUDA, else `gloo`.
-
-        For `nccl`, this process's GPU (by local rank) becomes the current device first.
-        """
-        backend = self.config.get("backend") or ("nccl" if torch.cuda.is_available() else "gloo")
-        if backend == "nccl":
-            torch.cuda.set_device(du.get_local_rank())
-        return backend
+        """The backend of a process group this runner creates: `config.backend`; else `gloo` when `config.device` is
+        the CPU; else `nccl` on CUDA, `gloo` otherwise."""
+        backend = self.config.get("backend")
+        if backend:
+            return backend
+        configured = self.config.get("device")
+        if configured is not None and torch.device(configured).type == "cpu":
+            return "gloo"
+        return "nccl" if torch.cuda.is_available() else "gloo"
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         """`obj` as held by process `src`, on every process."""
@@ -195,18 +222,26 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
     def device(self) -> torch.device:
         """`config.device` if set; else this process's CUDA device when CUDA serves the backend; else the CPU.
 
-        Decided once (every batch asks), after the process group is set up.
+        A CUDA device without an index (`config.device="cuda"`) is this process's GPU: `cuda:{local_rank}` under
+        `torchrun`. Decided once (every batch asks), after the process group is set up.
         """
         device = self.__dict__.get("_device")
         if device is None:
-            configured = self.config.get("device")
-            if configured is not None:
-                device = torch.device(configured)
-            elif torch.cuda.is_available() and (not self.distributed or dist.get_backend() == "nccl"):
-                device = torch.device("cuda", du.get_local_rank() if self.distributed else torch.cuda.current_device())
-            else:
-                device = torch.device("cpu")
-            self.__dict__["_device"] = device
+            nccl = self.distributed and dist.get_backend() == "nccl"
+            device = self.__dict__["_device"] = self._choose_device(nccl=nccl)
+        return device
+
+    def _choose_device(self, nccl: bool) -> torch.device:
+        configured = self.config.get("device")
+        if configured is not None:
+            device = torch.device(configured)
+        elif torch.cuda.is_available() and (nccl or not self.distributed):
+            device = torch.device("cuda")
+        else:
+            return torch.device("cpu")
+        if device.type == "cuda" and device.index is None:
+            on_many = nccl or self.distributed or "LOCAL_RANK" in os.environ
+            device = torch.device("cuda", du.get_local_rank() if on_many else torch.cuda.current_device())
         return device
 
     def move_to_device(self) -> None:

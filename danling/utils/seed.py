@@ -55,10 +55,15 @@ def seed_everything(seed: int, torch: bool = True) -> int:
     return seed
 
 
-def get_rng_state() -> dict[str, Any]:
+def get_rng_state(device: Any = None) -> dict[str, Any]:
     """The state of every random generator, as tensors and plain Python so `torch.load(weights_only=True)` reads it.
 
-    Keys: `python`, `numpy`, `torch`, and `cuda` (a list, one state per device) when CUDA is initialised.
+    Keys: `python`, `numpy`, `torch`, and `cuda` when CUDA is initialised: the state of `device`'s generator only
+    (the current CUDA device when `device` is `None`). A process saves the generator it draws from, never another
+    GPU's: under `CUDA_VISIBLE_DEVICES` per process, device indices differ between processes and between launches.
+
+    Args:
+        device: The CUDA device whose generator to save; a CPU device saves no CUDA state.
     """
     import torch
 
@@ -74,13 +79,19 @@ def get_rng_state() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    cuda_device = _cuda_device(device)
+    if cuda_device is not None and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state(cuda_device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: Any = None) -> None:
     """Restore generator states saved by [`get_rng_state`][danling.utils.seed.get_rng_state].
+
+    Args:
+        state: What `get_rng_state` returned.
+        device: The CUDA device whose generator takes the saved CUDA state (the current CUDA device when `None`).
+            A list of per-device states, as older checkpoints hold it, restores the entry of `device`'s index.
 
     Examples:
         >>> import torch
@@ -107,10 +118,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
         )
     if "torch" in state:
         torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        states = state["cuda"]
-        for device in range(min(len(states), torch.cuda.device_count())):
-            torch.cuda.set_rng_state(states[device].cpu(), device)
+    cuda_state, cuda_device = state.get("cuda"), _cuda_device(device)
+    if cuda_state is None or cuda_device is None:
+        return
+    if isinstance(cuda_state, (list, tuple)):
+        index = cuda_device.index if cuda_device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda_state):
+            return
+        cuda_state = cuda_state[index]
+    torch.cuda.set_rng_state(cuda_state.cpu(), cuda_device)
+
+
+def _cuda_device(device: Any) -> Any:
+    """`device` as a `torch.device` when it names a GPU (the current one for `None`), else `None`."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
 
 
 def _python_state_to_plain(state: tuple) -> list:
