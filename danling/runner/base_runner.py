@@ -214,6 +214,11 @@ class BaseRunner(Workspace, Results, CheckpointIO, RunLength, metaclass=RunnerMe
         if self.config.log:
             self.init_logging()
         self.init_print()
+        new_keys = self.config.new_keys
+        if new_keys:
+            # Keys only the command line defined: most likely meant, but nothing in the defaults reads them.
+            given = ", ".join(f"{key}={self.config.get(key)!r}" for key in new_keys)
+            print(f"not used by the defaults: {given}")
         if self.config.tensorboard:
             self.init_tensorboard()
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from difflib import get_close_matches
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -196,6 +200,50 @@ class Config(chanfig.Config):
             return cls(obj)
         return super().from_dict(obj)
 
+    def parse(  # type: ignore[override]
+        self,
+        args: Iterable[str] | None = None,
+        default_config: str | None = None,
+        no_default_config_action: str = "raise",
+        boot: bool = True,
+        strict: bool = False,
+    ) -> Config:
+        """Override keys from the command line (`sys.argv[1:]` when `args` is `None`), as `chanfig.Config.parse`.
+
+        A key that looks like a misspelt key of this config (`--epoch_ned` for `epoch_end`, or `--lr` when the
+        config has only `optim.lr`) stops the program before anything starts, with the suggestion: exit status 2,
+        as `argparse` does. Other keys the config did not define are still added (that is how a script takes a key
+        on purpose), and are listed in [`new_keys`][danling.runner.Config.new_keys], which the runner reports at
+        start.
+
+        Raises:
+            SystemExit: If an option is a likely typo of a known key.
+        """
+        args = list(sys.argv[1:] if args is None else args)
+        known = set(self.all_keys())
+        new_keys = []
+        for key in _option_keys(args):
+            if key in known or any(existing.startswith(f"{key}.") for existing in known):
+                continue
+            suggestion = _likely_typo(key, known)
+            if suggestion is not None:
+                message = f"unknown option --{key}: did you mean --{suggestion}?"
+                if int(os.environ.get("RANK", "0")) == 0:  # once per run under torchrun, not once per process
+                    print(f"error: {message}", file=sys.stderr)
+                raise SystemExit(2)
+            new_keys.append(key)
+        with warnings.catch_warnings():
+            # chanfig's own "did you mean" warning: the likely typos were refused above, the rest are reported.
+            warnings.filterwarnings("ignore", message="Unrecognized argument", category=RuntimeWarning)
+            super().parse(args, default_config, no_default_config_action, boot=boot, strict=strict)
+        self.__dict__["_new_keys"] = sorted(set(self.new_keys) | set(new_keys))
+        return self
+
+    @property
+    def new_keys(self) -> list[str]:
+        """Keys the command line added that the config did not define (set by `parse`; not part of the config)."""
+        return list(self.__dict__.get("_new_keys", ()))
+
     def set(self, name: Any, value: Any, convert_mapping: bool | None = None) -> None:
         """Set `name` to `value`; a fractional value for a counter or interval is an error, not truncated."""
         if name in _INTEGER_KNOBS:
@@ -281,6 +329,29 @@ class Config(chanfig.Config):
 
 
 _INTEGER_KNOBS = frozenset({"epoch_end", "step_end", "iter_end", "accum_steps", *INTERVALS})
+
+
+def _option_keys(args: Sequence[str]) -> list[str]:
+    """The keys of `--key value` and `--key=value` options, dashes in names read as underscores (as chanfig does)."""
+    keys = []
+    for arg in args:
+        if arg == "--":
+            break
+        if arg.startswith("--") and len(arg) > 2:
+            keys.append(arg[2:].split("=", 1)[0].replace("-", "_"))
+    return keys
+
+
+def _likely_typo(key: str, known: set[str]) -> str | None:
+    """The known key `key` most likely misspells: a close spelling, or the one nested key it names the leaf of."""
+    close = get_close_matches(key, known, n=1, cutoff=0.8)
+    if close:
+        return close[0]
+    if "." not in key:
+        leaves = [existing for existing in known if existing.rsplit(".", 1)[-1] == key]
+        if len(leaves) == 1:
+            return leaves[0]
+    return None
 
 
 def interval(value: int | None) -> int:
