@@ -30,6 +30,8 @@ IGNORED_NAMES_IN_HASH = frozenset(
         "log_path",
         "checkpoint_dir",
         "project_root",
+        "allow_config_change",
+        "config_changes",
     }
 )
 
@@ -57,3 +59,51 @@ LOWER_IS_BETTER_NAMES = (
     "distance",
     "regret",
 )
+
+# Keys that only steer the rest of a run (how long, how often to log, evaluate and save, where files go, on how many
+# processes and which devices): a resume may change them, and reports the change in one line at start. A change to
+# any other key (model, optimizer, data, seed, precision, accumulation, ...) stops the resume before training unless
+# `allow_config_change` is set. Nested keys are spelled with dots.
+RESUME_STEERING_KEYS = frozenset(
+    {
+        "epoch_end",
+        "step_end",
+        "iter_end",
+        "log_interval",
+        "save_interval",
+        "checkpoint_interval",
+        "eval_interval",
+        "max_epoch_checkpoints",
+        "checkpoint_spare",
+        "save_checkpoints",
+        "patience",
+        "log",
+        "tensorboard",
+        "progress",
+        "experiment_name",
+        "run_name",
+        "name",
+        "project_root",
+        "checkpoint_dir_name",
+        "dir",
+        "log_path",
+        "checkpoint_dir",
+        "platform",
+        "backend",
+        "init_method",
+        "world_size",
+        "rank",
+        "device",
+        "fsdp_units",
+        "reshard_after_forward",
+        "evaluate_splits",
+        "allow_config_change",
+        "dataloader.num_workers",
+        "dataloader.pin_memory",
+        "dataloader.persistent_workers",
+        "dataloader.prefetch_factor",
+    }
+)
+
+# Keys that name a run rather than describe it: never a change between a checkpoint and the run that resumes it.
+RESUME_IDENTITY_KEYS = frozenset({"experiment_id", "run_id", "seed_drawn"})

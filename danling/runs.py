@@ -31,6 +31,7 @@ from .scoring import choose_best_fn, find_best_index, find_scores, infer_score_s
 
 __all__ = [
     "CHECKPOINT_EXTENSIONS",
+    "CONFIG_DIFF_FILE",
     "CONFIG_FILE",
     "RESULTS_FILE",
     "RUN_STATES",
@@ -53,6 +54,9 @@ CONFIG_FILE = "config.yaml"
 """The config of the run, as YAML."""
 STATE_FILE = "run.json"
 """The state of the run, its progress counters and the command that launched it."""
+CONFIG_DIFF_FILE = "config.diff.yaml"
+"""What each resume changed in the config: a list of `{checkpoint, epoch, step, iter, changes: {key: [old, new]},
+allowed}`, one entry per resume that changed something."""
 RESULTS_FILE = "results.json"
 """Every epoch's result: `{"name", "id", "timestamp", "results": {epoch: {split: {metric: value}}}}`."""
 

@@ -19,6 +19,7 @@ from .checkpoint import CheckpointIO, find_resumable_checkpoints
 from .config import Config
 from .meta import RunnerMeta, RunnerMode
 from .results import Results
+from .resumption import reapply_hyperparameters
 from .run_length import RunLength
 from .workspace import Workspace
 
@@ -214,13 +215,20 @@ class BaseRunner(Workspace, Results, CheckpointIO, RunLength, metaclass=RunnerMe
         if self.config.log:
             self.init_logging()
         self.init_print()
-        new_keys = self.config.new_keys
-        if new_keys:
-            # Keys only the command line defined: most likely meant, but nothing in the defaults reads them.
-            given = ", ".join(f"{key}={self.config.get(key)!r}" for key in new_keys)
-            print(f"not used by the defaults: {given}")
+        for note in self.start_notes():
+            print(note)
         if self.config.tensorboard:
             self.init_tensorboard()
+
+    def start_notes(self) -> list[str]:
+        """What the run must say once it can log: keys only the command line defined, and what a resume changed."""
+        notes = list(self.__dict__.pop("_start_notes", []))
+        new_keys = self.config.new_keys
+        if new_keys:
+            # Most likely meant, but nothing in the defaults reads them.
+            given = ", ".join(f"{key}={self.config.get(key)!r}" for key in new_keys)
+            notes.insert(0, f"not used by the defaults: {given}")
+        return notes
 
     def restore_checkpoint(self) -> None:
         """Load the checkpoint given at construction (`config.checkpoint` or `from_checkpoint`), once.
@@ -236,6 +244,13 @@ class BaseRunner(Workspace, Results, CheckpointIO, RunLength, metaclass=RunnerMe
             return
         if self.model is None:
             self.load_state_dict({key: value for key, value in pending.items() if key in ("results", "runner")})
+        elif self.__dict__.pop("_reapply_hyperparameters", False):
+            # Allowed changes take effect: the checkpoint restores the optimizer's old hyperparameters.
+            optimizer, scheduler = self.optimizer, getattr(self.scheduler, "scheduler", self.scheduler)
+            fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+            base = list(scheduler.base_lrs) if hasattr(scheduler, "base_lrs") else None
+            self.load_checkpoint(pending)
+            reapply_hyperparameters(optimizer, scheduler, fresh, base)
         else:
             self.load_checkpoint(pending)
 

@@ -11,6 +11,7 @@ from chanfig import NestedDict
 
 from ..utils.io import atomic_copy, remove_stale_temporaries
 from .config import Config, interval
+from .resumption import config_changes, describe_changes, refuse_changes, results_beyond, run_directory_of
 
 __all__ = [
     "CheckpointIO",
@@ -22,6 +23,9 @@ __all__ = [
 ]
 
 CheckpointLike = Mapping | bytes | str | os.PathLike
+
+LOCATION_KEYS = ("dir", "log_path", "checkpoint_dir")
+"""Config keys that say where a run's files are: a resume takes them from where its checkpoint is, not from it."""
 
 
 def read_checkpoint(checkpoint: CheckpointLike, what: str = "checkpoint", **kwargs: Any) -> Mapping:
@@ -272,7 +276,16 @@ class CheckpointIO:
             ValueError: If `checkpoint` is not a valid checkpoint.
         """
         ckpt = self.read_checkpoint_file(checkpoint, **kwargs)
-        config = ckpt.get("runner", ckpt)
+        config = dict(ckpt.get("runner", ckpt))
+        source = self.config.get("checkpoint") if isinstance(checkpoint, Mapping) else os.fsdecode(checkpoint)
+        record = None if overwrite else self._check_config_changes(config, source)
+        run_dir = None
+        if source is not None and self.config.get("dir") is None:
+            run_dir = run_directory_of(source, config.get("checkpoint_dir_name") or self.config.checkpoint_dir_name)
+        if run_dir is not None:
+            # The run continues where its checkpoint is (a copied run in the copy): the saved locations are stale.
+            for key in LOCATION_KEYS:
+                config.pop(key, None)
         # A key the current config leaves unset (absent or None, like a seed to be drawn) takes the checkpoint's
         # value: otherwise a resumed run would draw a new seed and see its data in a different order.
         unset = {k: v for k, v in config.items() if k != "checkpoint" and self.config.get(k) is None}
@@ -283,11 +296,52 @@ class CheckpointIO:
         for key in ("experiment_id", "run_id"):
             if config.get(key) is not None:
                 self.config[key] = config[key]
+        fresh_timestamp = self.timestamp
         if "timestamp" in ckpt:
             self.timestamp = ckpt["timestamp"]
         for cached in ("id", "uuid", "log_path"):
             self.__dict__.pop(cached, None)
         self._restore_progress(config, ckpt.get("position"))
+        if run_dir is not None:
+            self.__dict__["_run_dir"] = self._resume_directory(run_dir, ckpt, fresh_timestamp)
+        if record is not None:
+            history = list(self.config.get("config_changes") or [])
+            record.update(epoch=self.config.epoch_begin, step=self.config.steps, iter=self.config.iters)
+            history.append(record)
+            self.config.config_changes = history
+
+    def _check_config_changes(self, saved: Mapping, source: str | None) -> dict[str, Any] | None:
+        """Stop a resume whose config shapes the training differently, unless allowed; return the change record."""
+        shaping, steering = config_changes(saved, self.config)
+        if shaping and not self.config.get("allow_config_change"):
+            raise refuse_changes(shaping, source)
+        notes = self.__dict__.setdefault("_start_notes", [])
+        if steering:
+            notes.append(f"resume: changed {describe_changes(steering)}")
+        if shaping:
+            notes.append(f"resume: changed with allow_config_change: {describe_changes(shaping)}")
+            self.__dict__["_reapply_hyperparameters"] = True
+        if not (shaping or steering):
+            return None
+        changes = {key: [old, new] for key, (old, new) in {**steering, **shaping}.items()}
+        return {"checkpoint": source, "changes": changes, "allowed": sorted(shaping)}
+
+    def _resume_directory(self, run_dir: str, checkpoint: Mapping, fresh_timestamp: str) -> str:
+        """`run_dir`, unless its results go past `checkpoint`: then a new directory beside it, said at start."""
+        chosen = run_dir
+        if self.is_main_process:  # type: ignore[attr-defined]
+            beyond = results_beyond(run_dir, checkpoint)
+            if beyond is not None:
+                chosen = os.path.join(os.path.dirname(run_dir), fresh_timestamp)
+                if os.path.exists(chosen):
+                    chosen = f"{chosen}-{os.getpid()}"
+        chosen = self.broadcast_object(chosen)  # type: ignore[attr-defined]
+        if chosen != run_dir:
+            self.__dict__.setdefault("_start_notes", []).append(
+                f"resume: {run_dir} already holds results past this checkpoint; not overwriting them, this run "
+                f"writes to {chosen}"
+            )
+        return chosen
 
     def load_checkpoint(self, checkpoint: CheckpointLike, *args: Any, **kwargs: Any) -> None:
         """Restore model, EMA, optimizer, scheduler, results and progress from `checkpoint`.

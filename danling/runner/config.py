@@ -149,6 +149,11 @@ class Config(chanfig.Config):
     """Path of a checkpoint to resume from."""
     resume: bool = False
     """Resume from the newest valid `latest` checkpoint of this run, if there is one."""
+    allow_config_change: bool = False
+    """Let a resume change keys other than those that only steer the rest of the run (listed in
+    [`RESUME_STEERING_KEYS`][danling.defaults.RESUME_STEERING_KEYS]); without it, such a change stops the resume
+    before training. Allowed changes take effect (a new learning rate reaches the optimizer and the scheduler) and
+    are recorded in `config.diff.yaml`."""
     pretrained: str | None = None
     """Path of a checkpoint whose model weights initialise the model (nothing else is loaded)."""
 

@@ -24,7 +24,7 @@ from ..scoring import (
     table_columns,
 )
 from ..utils.decorators import on_main_process
-from ..utils.io import atomic_copy
+from ..utils.io import atomic_copy, to_builtin
 from .config import Config
 from .meta import RunnerMode
 from .printing import PRINT_LOGGER
@@ -271,7 +271,12 @@ class Results:
         results = {
             index: result.dict() if hasattr(result, "dict") else result for index, result in self.results.items()
         }
-        self.save({**header, "results": results}, os.path.join(directory, "results.json"))  # type: ignore[attr-defined]
+        record: dict[str, Any] = {**header, "results": results}
+        changes = self.config.get("config_changes")  # type: ignore[attr-defined]
+        if changes:
+            # The results from each entry's epoch (step) on ran under its new values.
+            record["config_changes"] = to_builtin(list(changes))
+        self.save(record, os.path.join(directory, "results.json"))  # type: ignore[attr-defined]
         latest = self.latest_result
         latest_path = os.path.join(directory, "latest.json")
         latest_plain: Mapping = latest.dict() if latest is not None else {}  # type: ignore[assignment]

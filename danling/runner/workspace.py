@@ -12,8 +12,9 @@ from typing import Any
 from uuid import UUID, uuid5
 from warnings import warn
 
-from ..runs import CONFIG_FILE, RUN_STATES, STATE_FILE
+from ..runs import CONFIG_DIFF_FILE, CONFIG_FILE, RUN_STATES, STATE_FILE
 from ..utils.decorators import on_main_process
+from ..utils.git import git_state
 from ..utils.io import PathStr, load, save, to_builtin
 from .config import Config
 from .printing import install_print
@@ -54,12 +55,16 @@ class Workspace:
 
     @property
     def dir(self) -> str:
-        """Directory of the run: `config.dir` if set, else `{project_root}/{name}-{id}/{timestamp}`.
+        """Directory of the run: `config.dir` if set; for a resume, the run directory holding its checkpoint;
+        else `{project_root}/{name}-{id}/{timestamp}`.
 
         The main process creates it on first use; other processes never write files.
         """
         if self.config.get("dir") is not None:
             return self._ensure_dir(self.config["dir"])
+        resumed = self.__dict__.get("_run_dir")
+        if resumed is not None:  # a resume continues in the directory that holds its checkpoint
+            return self._ensure_dir(resumed)
         return self._ensure_dir(os.path.join(self.config.project_root, f"{self.name}-{self.id}", self.timestamp))
 
     @cached_property
@@ -113,7 +118,17 @@ class Workspace:
         """
         path = os.path.join(self.dir, CONFIG_FILE)
         self.save(_plain(self.config.dict()), path)
+        changes = self.config.get("config_changes")
+        if changes:
+            # Every resume that changed a key, in order: which steps ran under which values.
+            self.save(_plain(list(changes)), os.path.join(self.dir, CONFIG_DIFF_FILE))
         return path
+
+    def _code_state(self) -> dict[str, Any] | None:
+        # Read once per process: the code this launch runs does not change while it runs.
+        if "_git_state" not in self.__dict__:
+            self.__dict__["_git_state"] = git_state()
+        return self.__dict__["_git_state"]
 
     def write_run_state(self, state: str, **info: Any) -> str | None:
         """Record the run's state in `run.json` in the run directory, atomically, on the main process.
@@ -160,6 +175,7 @@ class Workspace:
             "world_size": world_size,
             "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
             "checkpoint_dir": checkpoint_dir,
+            "git": self._code_state(),
             **info,
         }
         path = os.path.join(self.dir, STATE_FILE)

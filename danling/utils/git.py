@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
 from functools import lru_cache
+from typing import Any
 
-__all__ = ["get_git_hash"]
+__all__ = ["get_git_hash", "git_state"]
 
 
 def get_git_hash(path: str | None = None) -> str | None:
@@ -20,6 +23,36 @@ def get_git_hash(path: str | None = None) -> str | None:
         True
     """
     return _git_hash(os.path.abspath(path or os.getcwd()))
+
+
+def git_state(path: str | None = None) -> dict[str, Any] | None:
+    """The code a run starts with: `{"commit", "dirty", "diff_sha256"}` for the repository containing `path`.
+
+    `diff_sha256` hashes the uncommitted changes to tracked files (`git diff HEAD`), so two launches at the same
+    commit with different edits can be told apart; it is `None` for a clean tree, and when the `git` program is not
+    available (`dirty` is then `None` too: unknown). Returns `None` outside a repository.
+
+    Examples:
+        >>> import tempfile
+        >>> git_state(tempfile.mkdtemp()) is None
+        True
+    """
+    directory = os.path.abspath(path or os.getcwd())
+    commit = get_git_hash(directory)
+    if commit is None:
+        return None
+    try:
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"],
+            cwd=directory,
+            capture_output=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        # No git program, or a repository it cannot read: the commit is still known.
+        return {"commit": commit, "dirty": None, "diff_sha256": None}
+    return {"commit": commit, "dirty": bool(diff), "diff_sha256": hashlib.sha256(diff).hexdigest() if diff else None}
 
 
 @lru_cache(maxsize=32)
