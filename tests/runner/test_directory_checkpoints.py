@@ -1,18 +1,17 @@
 """Checkpoints that are directories behind pointer files (FSDP's `.dcp`, DeepSpeed's `.ds`, Accelerate's
 `.accelerate`): old epoch snapshots pruned with their directories, and damage done after a save found on reading.
 
-Each run is one process in this process: these platforms make a process group even then, torn down after the test.
+Each run is one process in this process: these platforms make a process group even then, which `own_process_group`
+(conftest.py) tears down after the test.
 """
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 from pathlib import Path
 
 import pytest
-from torch import distributed as dist
 from toys import ResumableRunner, make_config
 
 from danling.runner.fsdp_runner import FSDPRunner
@@ -23,23 +22,10 @@ from danling.utils.io import CorruptFileError
 SMALL = {"samples": 16, "val_samples": 8}
 
 
-@pytest.fixture
-def own_process_group():
-    """Leave no process group (or torchrun variable) behind: these platforms make one even on one process."""
-    environ = dict(os.environ)
-    yield
-    gc.collect()  # the runners, and the engines holding the group, are gone before it is
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(environ)
-
-
 def pointed_at(checkpoint_dir: str, extension: str) -> dict[str, str]:
     """Every pointer in `checkpoint_dir`, by name, with the directory it names."""
-    return {
-        path.name: os.path.normpath(resolve_checkpoint(str(path))) for path in Path(checkpoint_dir).glob(f"*{extension}")
-    }
+    paths = Path(checkpoint_dir).glob(f"*{extension}")
+    return {path.name: os.path.normpath(resolve_checkpoint(str(path))) for path in paths}
 
 
 @pytest.mark.usefixtures("own_process_group")
@@ -54,7 +40,8 @@ def test_max_epoch_checkpoints_prunes_old_epoch_pointers_and_the_directories_the
     assert extension != ".pth"
     pointers = pointed_at(checkpoint_dir, extension)
     # The two newest snapshots only; an older one kept would keep its directory alive with it.
-    assert sorted(name for name in pointers if name.startswith("epoch-")) == [f"epoch-2{extension}", f"epoch-3{extension}"]
+    snapshots = sorted(name for name in pointers if name.startswith("epoch-"))
+    assert snapshots == [f"epoch-2{extension}", f"epoch-3{extension}"], snapshots
     assert {f"latest{extension}", f"best{extension}"} <= set(pointers)
     states = Path(checkpoint_dir, runner.checkpoint_states_dir)
     directories = {os.path.normpath(path) for path in states.iterdir() if path.is_dir()}

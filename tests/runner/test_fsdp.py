@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toys import ResumableRunner, make_config
 
 from danling.runner.dcp import checkpoint_complete
 from danling.runner.fsdp_runner import FSDPRunner, resolve_checkpoint
@@ -79,16 +80,29 @@ def test_resume_on_another_number_of_processes_continues_the_run(tmp_path, distr
         assert_close(consolidated, final["model"], atol=0)
 
 
-def test_an_incomplete_dcp_checkpoint_is_named_and_skipped(tmp_path):
-    directory = tmp_path / "checkpoints" / "dcp" / "latest-s1-1"
-    directory.mkdir(parents=True)
-    pointer = tmp_path / "checkpoints" / "latest.dcp"
-    pointer.write_text('{"path": "dcp/latest-s1-1"}')
+@pytest.mark.usefixtures("own_process_group")
+def test_an_incomplete_dcp_checkpoint_is_named_and_skipped(tmp_path, capsys):
+    settings = {"platform": "fsdp", "epoch_end": 1, "save_interval": 1, "samples": 16, "val_samples": 8}
+    runner = ResumableRunner(make_config(tmp_path, **settings))
+    runner.train()
+    checkpoint_dir = Path(runner.checkpoint_dir)
+    # A save killed before DCP wrote `.metadata`, and `latest` pointing at it (damage no save of ours makes).
+    directory = checkpoint_dir / "dcp" / "latest-s9-1"
+    directory.mkdir()
+    pointer = checkpoint_dir / "latest.dcp"
+    pointer.write_text('{"path": "dcp/latest-s9-1"}')
     assert os.path.samefile(resolve_checkpoint(str(pointer)), directory)
-    with pytest.raises(CorruptFileError, match=r"\.metadata is missing"):
+    with pytest.raises(CorruptFileError, match=r"latest-s9-1 is incomplete: \.metadata is missing"):
         FSDPRunner.read_checkpoint_file(str(pointer))
     with pytest.raises(FileNotFoundError, match="nowhere.dcp"):
         FSDPRunner.read_checkpoint_file(str(tmp_path / "nowhere.dcp"))
+    capsys.readouterr()
+    # resume=True names what it skips, and takes the newest checkpoint that is complete.
+    resumed = ResumableRunner(make_config(tmp_path, resume=True, **settings))
+    err = capsys.readouterr().err
+    assert f"resume: skipping {pointer}: checkpoint {directory} is incomplete: .metadata is missing" in err, err
+    assert resumed.config.checkpoint == str(checkpoint_dir / "epoch-0.dcp")
+    assert resumed.config.epoch_begin == 1
 
 
 def test_fsdp_on_one_process_resumes_as_fsdp_and_loads_pretrained_weights_either_way(tmp_path, distributed_runner):
