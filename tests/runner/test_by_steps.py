@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import distributed as dist
 from toys import (
     ClassificationRunner,
     Interrupted,
@@ -153,18 +151,6 @@ def test_a_length_in_steps_or_epochs_is_required_and_an_empty_pass_is_an_error(t
     runner.dataloaders.train = torch.utils.data.DataLoader(empty)
     with pytest.raises(ValueError, match="holds no batch"):
         runner.train()
-
-
-@pytest.fixture
-def own_process_group():
-    """Leave no process group (or torchrun variable) behind: these platforms make one even on one process."""
-    environ = dict(os.environ)
-    yield
-    gc.collect()  # the runners, and the engines holding the group, are gone before it is
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(environ)
 
 
 @pytest.mark.usefixtures("own_process_group")
