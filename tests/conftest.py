@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from torch import distributed as dist
 
 # Scripts launched as subprocesses (plain or under torchrun) run on import: doctest collection must not import them.
 collect_ignore_glob = ["*/dist_scripts/*", "*/scripts/*"]
@@ -56,3 +58,21 @@ def run_distributed(
 def distributed_runner():
     """The `run_distributed` launcher, as a fixture."""
     return run_distributed
+
+
+@pytest.fixture
+def own_process_group():
+    """Leave no process group (or torchrun variable) behind: FSDP, DeepSpeed and Accelerate make one on one process."""
+    environ = dict(os.environ)
+    yield
+    gc.collect()  # the runners, and the engines holding the group, are gone before it is
+    if dist.is_available() and dist.is_initialized():
+        deepspeed_comm = sys.modules.get("deepspeed.comm")
+        if deepspeed_comm is not None and deepspeed_comm.is_initialized():
+            # DeepSpeed keeps groups it cloned from this one; destroyed through it, it forgets them, and the next
+            # test's engine clones the new group instead of using one that is gone.
+            deepspeed_comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(environ)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import distributed as dist
 from toys import (
     ClassificationRunner,
     Interrupted,
@@ -23,6 +21,7 @@ from toys import (
 )
 
 import danling as dl
+from danling import cli
 from danling.runs import read_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +126,22 @@ def test_a_run_by_steps_reads_as_one_in_the_runs_listing(tmp_path):
     assert runner.results_table() in shown
 
 
+def test_a_run_by_steps_counts_the_passes_it_began_in_the_runs_listing(tmp_path, capsys):
+    # 10 steps over passes of 8 batches: pass 0 whole, then 2 batches of pass 1. Two passes begun.
+    runner = ResumableRunner(make_config(tmp_path, step_end=10, **DATA))
+    runner.train()
+    state = json.loads(Path(runner.dir, "run.json").read_text())
+    assert (state["epochs"], state["steps"]) == (1, 10)  # the index of the pass training ended in, from 0
+    summary = read_run(runner.dir)
+    assert summary.by_steps and (summary.epochs, summary.steps) == (2, 10)
+    capsys.readouterr()
+    assert cli.main(["runs", "--json", str(tmp_path)]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert (listed["epochs"], listed["steps"]) == (2, 10)
+    assert cli.main(["show", runner.dir]) == 0
+    assert "epochs:      2 (passes, training by steps)" in capsys.readouterr().out
+
+
 def test_a_length_in_steps_or_epochs_is_required_and_an_empty_pass_is_an_error(tmp_path):
     runner = RegressionRunner(make_config(tmp_path / "none"))
     with pytest.raises(ValueError, match="epoch_end, or step_end or iter_end"):
@@ -136,18 +151,6 @@ def test_a_length_in_steps_or_epochs_is_required_and_an_empty_pass_is_an_error(t
     runner.dataloaders.train = torch.utils.data.DataLoader(empty)
     with pytest.raises(ValueError, match="holds no batch"):
         runner.train()
-
-
-@pytest.fixture
-def own_process_group():
-    """Leave no process group (or torchrun variable) behind: these platforms make one even on one process."""
-    environ = dict(os.environ)
-    yield
-    gc.collect()  # the runners, and the engines holding the group, are gone before it is
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(environ)
 
 
 @pytest.mark.usefixtures("own_process_group")

@@ -88,10 +88,11 @@ def test_zero_training_matches_ddp_on_the_same_data(trained):
         # counted alike by the runner and by the engine.
         assert zero["counters"] == ddp["counters"] == (15, 9, 2)
         assert report["engine"]["global_steps"] == 9
-        # The same samples, dropout masks and mean gradients. Without clipping the weights come out bit for bit
-        # equal; with it, ZeRO sums the squared norm of its flat partitions where torch sums per-tensor norms, so
-        # the clip factor can differ in its last bit (1e-8 seen): 1e-6 leaves room for 9 such steps, and any
-        # real error (a missed or doubled step, a wrong loss scale, the module left in eval mode) is far larger.
+        # The same samples, dropout masks and mean gradients. ZeRO sums the squared norm of its flat partitions
+        # where torch sums per-tensor norms, so the clip factor can differ in its last bit (1e-8 seen): 1e-6 leaves
+        # room for 9 such steps, and a missed or doubled step or the module left in eval mode is far larger. A
+        # gradient scaled wrong uniformly (the loss divided twice) is not: clipping to 0.5 rescales it away, which
+        # is why `test_zero_with_accumulation_and_no_clipping_matches_ddp_to_1e_6` compares without clipping.
         assert max_difference(zero["model"], ddp["model"]) < 1e-6
         assert max_difference(zero["ema"], ddp["ema"]) < 1e-6
         assert zero["lr"] == pytest.approx(ddp["lr"])
@@ -101,6 +102,19 @@ def test_zero_training_matches_ddp_on_the_same_data(trained):
         assert zero["results"].keys() == ddp["results"].keys() == {0, 1, 2}
         for epoch, result in ddp["results"].items():
             assert zero["results"][epoch]["val"]["loss"] == pytest.approx(result["val"]["loss"], abs=1e-5)
+
+
+def test_zero_with_accumulation_and_no_clipping_matches_ddp_to_1e_6(deepspeed_runner, distributed_runner, tmp_path):
+    # Clipping at 0.5 rescales every step's gradient to the same norm, which hides a loss divided once too often
+    # (by the window, then by DeepSpeed again: 2e-2 off here, and within 1e-6 with clipping). ZeRO-2, whose
+    # partitioned reduction is the furthest from DDP's; the loss scale is the same code for stage 1.
+    for report in launch(distributed_runner, tmp_path, "unclipped", 2, nproc=2):
+        ddp, zero = report["torch"], report["deepspeed"]
+        assert report["gradient_clipping"] == 0.0
+        assert zero["counters"] == ddp["counters"] == (10, 6, 1)  # windows of 2, 2 and 1 micro-batches
+        assert max_difference(zero["model"], ddp["model"]) < 1e-6
+        assert max_difference(zero["ema"], ddp["ema"]) < 1e-6
+        assert zero["results"][1]["train"]["loss"] == pytest.approx(ddp["results"][1]["train"]["loss"], abs=1e-6)
 
 
 def test_zero_resumes_bitwise_at_an_epoch_boundary(trained):

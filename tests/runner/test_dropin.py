@@ -15,6 +15,7 @@ from toys import RegressionRunner, ResumableRunner, make_config
 import danling as dl
 
 SAVE_SCRIPT = Path(__file__).parent / "dist_scripts" / "save_from_one_process.py"
+STALE_SCRIPT = Path(__file__).parent / "dist_scripts" / "save_after_the_snapshot.py"
 
 
 # Documented values
@@ -170,3 +171,13 @@ def test_a_checkpoint_without_other_ranks_state_warns_on_load(tmp_path):
     state["rng"] = [None]
     with pytest.warns(RuntimeWarning, match="no rng of process 0"):
         ResumableRunner(make_config(tmp_path, epoch_end=1)).load_state_dict(state)
+
+
+def test_a_save_away_from_the_loops_snapshot_leaves_other_ranks_empty_not_stale(tmp_path, distributed_runner):
+    distributed_runner(STALE_SCRIPT, str(tmp_path), str(tmp_path / "experiments"), timeout=180)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    # Saved 2 micro-batches after the epoch's-end snapshot: rank 1's state then is unknown to rank 0.
+    assert reports[0]["saved_iters"] == reports[0]["snapshot_iters"] + 2
+    assert reports[0]["empty"] == reports[1]["empty"] == [False, True]
+    assert not [message for message in reports[0]["warnings"] if "process 0" in message], reports[0]["warnings"]
+    assert "checkpoint holds no rng of process 1: not restored" in reports[1]["warnings"], reports[1]["warnings"]

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toys import ResumableRunner, classification_data, make_config
 
 from danling.runner.dcp import checkpoint_complete
 from danling.runner.fsdp_runner import FSDPRunner, resolve_checkpoint
@@ -41,11 +42,32 @@ def test_fsdp_matches_ddp_with_clipping_accumulation_ema_and_evaluation(tmp_path
         assert_close(fsdp["model"], ddp["model"], atol=1e-6)
         assert_close(fsdp["ema"], ddp["ema"], atol=1e-6)
         assert fsdp["counters"] == ddp["counters"]
-        # Evaluation under FSDP (uneven shards: 13 and 12 samples) counts every sample once, as DDP's does.
+        # Evaluation under FSDP (uneven shards: 13 and 12 samples) counts every sample once: DDP shares the sampler
+        # (and would share its mistakes), so both are held to one pass of the EMA over all 25 samples here.
+        oracle = evaluate_in_one_pass(fsdp["ema"])
+        for platform in (ddp, fsdp):
+            assert platform["evaluated"] == 25
+            assert platform["val"]["loss"] == pytest.approx(oracle["loss"], abs=1e-6)
+            assert platform["val"]["acc"] == pytest.approx(oracle["acc"], abs=1e-7)
+            assert torch.allclose(platform["infer"], oracle["logits"], atol=1e-5)
         assert fsdp["val"]["loss"] == pytest.approx(ddp["val"]["loss"], abs=1e-6)
         assert fsdp["infer"].shape == (25, 3)
         assert torch.allclose(fsdp["infer"], ddp["infer"], atol=1e-5)
         assert any(not torch.equal(fsdp["model"][k], report["fsdp"]["ema"][k]) for k in fsdp["model"])
+
+
+def evaluate_in_one_pass(weights: dict) -> dict:
+    """Loss, accuracy and logits of `ResumableRunner`'s model with `weights` on its 25 validation samples at once."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+    model.load_state_dict(weights)
+    inputs, targets = classification_data(25, seed=1).tensors
+    with torch.no_grad():
+        logits = model.eval()(inputs)
+    return {
+        "loss": F.cross_entropy(logits, targets).item(),
+        "acc": (logits.argmax(1) == targets).float().mean().item(),
+        "logits": logits,
+    }
 
 
 def test_fsdp_resume_mid_epoch_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, distributed_runner):
@@ -79,16 +101,29 @@ def test_resume_on_another_number_of_processes_continues_the_run(tmp_path, distr
         assert_close(consolidated, final["model"], atol=0)
 
 
-def test_an_incomplete_dcp_checkpoint_is_named_and_skipped(tmp_path):
-    directory = tmp_path / "checkpoints" / "dcp" / "latest-s1-1"
-    directory.mkdir(parents=True)
-    pointer = tmp_path / "checkpoints" / "latest.dcp"
-    pointer.write_text('{"path": "dcp/latest-s1-1"}')
+@pytest.mark.usefixtures("own_process_group")
+def test_an_incomplete_dcp_checkpoint_is_named_and_skipped(tmp_path, capsys):
+    settings = {"platform": "fsdp", "epoch_end": 1, "save_interval": 1, "samples": 16, "val_samples": 8}
+    runner = ResumableRunner(make_config(tmp_path, **settings))
+    runner.train()
+    checkpoint_dir = Path(runner.checkpoint_dir)
+    # A save killed before DCP wrote `.metadata`, and `latest` pointing at it (damage no save of ours makes).
+    directory = checkpoint_dir / "dcp" / "latest-s9-1"
+    directory.mkdir()
+    pointer = checkpoint_dir / "latest.dcp"
+    pointer.write_text('{"path": "dcp/latest-s9-1"}')
     assert os.path.samefile(resolve_checkpoint(str(pointer)), directory)
-    with pytest.raises(CorruptFileError, match=r"\.metadata is missing"):
+    with pytest.raises(CorruptFileError, match=r"latest-s9-1 is incomplete: \.metadata is missing"):
         FSDPRunner.read_checkpoint_file(str(pointer))
     with pytest.raises(FileNotFoundError, match="nowhere.dcp"):
         FSDPRunner.read_checkpoint_file(str(tmp_path / "nowhere.dcp"))
+    capsys.readouterr()
+    # resume=True names what it skips, and takes the newest checkpoint that is complete.
+    resumed = ResumableRunner(make_config(tmp_path, resume=True, **settings))
+    err = capsys.readouterr().err
+    assert f"resume: skipping {pointer}: checkpoint {directory} is incomplete: .metadata is missing" in err, err
+    assert resumed.config.checkpoint == str(checkpoint_dir / "epoch-0.dcp")
+    assert resumed.config.epoch_begin == 1
 
 
 def test_fsdp_on_one_process_resumes_as_fsdp_and_loads_pretrained_weights_either_way(tmp_path, distributed_runner):

@@ -186,6 +186,15 @@ def test_by_steps_the_training_bar_gives_way_to_each_evaluation_and_comes_back(b
     assert [row.split()[0] for row in screen[header + 1 : header + 4]] == ["10", "20", "30"]
 
 
+def test_by_steps_step_lines_after_an_evaluation_inside_a_pass_go_to_the_bar_not_to_the_console(by_steps):
+    # The evaluation at step 10 comes after batch 10 of pass 0's 12: the step line of batch 12 follows it, and
+    # those of pass 1 follow the one at step 20. The training bar is current again, so they go to its postfix.
+    steps = [f"{kind} {split} [{k}/{n}]" for kind, split, k, n in STEP_LINE.findall(by_steps.run_log)]
+    assert steps.count("training train [12/12]") == 2 and "evaluating val [13/13]" in steps, steps
+    on_screen = [line for line in by_steps.lines() if STEP_ON_SCREEN.search(line)]
+    assert not on_screen, "step lines printed on the console:\n" + "\n".join(on_screen)
+
+
 def test_without_a_terminal_there_is_no_bar_and_the_step_lines_are_printed(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(

@@ -5,6 +5,8 @@ Usage: accelerate_scenarios.py SCENARIO OUTPUT ROOT
 
 - `versus-ddp`: the same run on DDP (`platform: torch`) and on Accelerate, with accumulation (a shorter last window),
   clipping, warmup-cosine LR, EMA and dropout, then evaluation and inference on 25 samples (13 and 12 per process).
+- `unclipped`: DDP and Accelerate with accumulation (a shorter last window) and no clipping, which would hide a
+  window's gradient scaled wrong.
 - `resume`: a straight run, one that crashes after an epoch and one that crashes inside an epoch, both resumed with
   `resume=True`.
 - `single`: one process: how the config maps onto the Accelerator, bf16 against DDP's bf16, and the errors.
@@ -74,6 +76,16 @@ def versus_ddp(root: str) -> dict:
         report[platform]["checkpoint_dir"] = runner.checkpoint_dir
         if platform == "accelerate":
             report["accelerate"]["kinds"] = [type(part).__name__ for part in (runner.model, runner.optimizer)]
+    return report
+
+
+def unclipped(root: str) -> dict:
+    settings = {"epoch_end": 2, "accum_steps": 2, **TRAIN}
+    report: dict = {}
+    for platform in ("torch", "accelerate"):
+        runner = Recorded(make_config(os.path.join(root, platform), platform=platform, **settings))
+        runner.train()
+        report[platform] = snapshot(runner)
     return report
 
 
@@ -193,6 +205,7 @@ def after_kill(root: str) -> dict:
 
 SCENARIOS = {
     "versus-ddp": versus_ddp,
+    "unclipped": unclipped,
     "resume": resume,
     "single": single,
     "killed-save": killed_save,

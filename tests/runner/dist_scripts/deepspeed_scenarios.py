@@ -7,6 +7,8 @@ Usage: deepspeed_scenarios.py SCENARIO OUTPUT ROOT [STAGE]
   (windows of 2, 2 and 1 micro-batches in each epoch), clipping, dropout, a scheduler and an EMA; then a ZeRO run
   that crashes in its third epoch and resumes with `resume=True` from the `latest.ds` its second epoch left, and
   one that saves `latest` at every optimizer step and so resumes inside the epoch.
+- `unclipped`: DDP and DeepSpeed ZeRO STAGE for 2 epochs with accumulation (windows of 2, 2 and 1) and no
+  clipping, which would hide a gradient scaled wrong.
 - `single`: one process: a save killed before its run state is written, `resume=True` past an incomplete
   checkpoint, `from_checkpoint`, and `load_pretrained` from a DeepSpeed checkpoint and from a plain file.
 """
@@ -108,6 +110,17 @@ def main() -> None:
             failing, lambda: failing.is_main_process and failing.config.epochs == 1
         )
         report["pointer_after_failure"] = _read_pointer(os.path.join(failing.checkpoint_dir, "latest.ds"))
+    elif scenario == "unclipped":
+        settings = {"epoch_end": 2, "accum_steps": 2, **SAMPLES}
+        configs = {
+            "torch": make_config(os.path.join(root, "torch"), platform="torch", **settings),
+            "deepspeed": deepspeed_config(os.path.join(root, "deepspeed"), stage, **settings),
+        }
+        for platform, config in configs.items():
+            runner = ResumableRunner(config)
+            runner.train()
+            report[platform] = snapshot(runner)
+        report["gradient_clipping"] = runner.deepspeed_config()["gradient_clipping"]
     elif scenario == "single":
         single(root, output, stage, report)
     else:

@@ -27,6 +27,7 @@ from toys import Interrupted, ResumableRunner, classification_data, make_config
 
 import danling as dl
 from danling.runner.fsdp_runner import FSDPRunner
+from danling.utils import distributed as du
 
 # 96 samples: 6 batches of 8 per process on 2 processes, with nothing padded, whatever the world size.
 SAMPLES = {"samples": 96, "val_samples": 25}
@@ -125,6 +126,8 @@ def main() -> None:
             runner.train()
             report[platform] = full(runner)
             report[platform]["val"] = runner.evaluate(["val"])["val"].dict()
+            # The samples that evaluation counted, over every process.
+            report[platform]["evaluated"] = sum(du.all_gather_object(runner.meters["loss"].count))
             report[platform]["infer"] = runner.infer("val")
     elif scenario == "resume":
         settings = {"epoch_end": 3, "checkpoint_interval": 1, "accum_steps": 2, **SAMPLES}
