@@ -152,3 +152,27 @@ def assert_bitwise_equal(a, b, path="state"):
         assert isinstance(b, float) and b != b, path
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+class UpdateEma:
+    """An EMA of the `update(model)` kind (timm's `ModelEmaV2` style): not a module, its copy in `.module`."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9) -> None:
+        import copy
+
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for average, value in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if average.is_floating_point():
+                average.lerp_(value.to(average.dtype), 1 - self.decay)
+            else:
+                average.copy_(value)
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)

@@ -206,9 +206,11 @@ class AccelerateRunner(PointedCheckpoints, TorchRunner):
         self.restore_checkpoint()
 
     def wrap_model(self) -> None:
-        """Prepare the model (if it has trainable parameters), the optimizer and the scheduler."""
+        """Prepare the model (if it has trainable parameters), the optimizer and the scheduler; give every process
+        rank 0's EMA, as DDP gives it rank 0's model."""
         if self._prepared:
             return
+        self.broadcast_ema()
         candidates = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
         model = self.model
         if not isinstance(model, nn.Module) or not any(p.requires_grad for p in model.parameters()):

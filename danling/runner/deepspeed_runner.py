@@ -208,8 +208,7 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
         if not isinstance(model, nn.Module) or isinstance(model, deepspeed.DeepSpeedEngine):
             return
         ds_config = self.deepspeed_config()
-        if isinstance(self.ema, nn.Module):
-            du.broadcast_module(self.ema)
+        self.broadcast_ema()
         parameters = [p for p in model.parameters() if p.requires_grad] if self.optimizer is None else None
         engine, optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=self.optimizer, model_parameters=parameters, config=ds_config

@@ -15,6 +15,7 @@ from ..utils import distributed as du
 from ..utils.seed import seed_everything
 from .base_runner import BaseRunner
 from .data import DataMixin, to_device
+from .ema import broadcast_ema, ema_module
 from .evaluation import EvaluationLoop
 from .meta import RunnerMode
 from .state import ProcessStateMixin
@@ -182,7 +183,7 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
     def mode(self, mode: str | RunnerMode) -> None:
         self._mode = RunnerMode(mode)
         training = self._mode is RunnerMode.train
-        for module in (self.model, self.ema):
+        for module in (self.model, ema_module(self.ema)):
             # A wrapper's own flag may not follow its module's (DeepSpeed's engine never sets it): ask both.
             if isinstance(module, nn.Module) and (
                 module.training != training or self.unwrap(module).training != training
@@ -210,24 +211,35 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         return device
 
     def move_to_device(self) -> None:
-        """Move the model, the EMA model and the criterion (if it has state) to `device`."""
+        """Move the model, the EMA's module and the criterion (if it has state) to `device`."""
         device = self.device
-        for name in ("model", "ema", "criterion"):
-            module = getattr(self, name)
+        for module in (self.model, ema_module(self.ema), self.criterion):
             if isinstance(module, nn.Module):
                 module.to(device)
 
     def wrap_model(self) -> None:
-        """Wrap the model in `DistributedDataParallel` when distributed and it has trainable parameters."""
+        """Wrap the model in `DistributedDataParallel` when distributed and it has trainable parameters.
+
+        DDP starts every process from rank 0's weights; the EMA is given rank 0's too (see `broadcast_ema`).
+        """
         model = self.model
         if not self.distributed or not isinstance(model, nn.Module):
             return
         if isinstance(model, nn.parallel.DistributedDataParallel):
             return
+        self.broadcast_ema()
         if not any(parameter.requires_grad for parameter in model.parameters()):
             return
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self.model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def broadcast_ema(self) -> None:
+        """Give every process rank 0's EMA (parameters and buffers), as the model gets rank 0's when it is wrapped.
+
+        Processes seed differently, so each builds its EMA from other weights; every backend calls this when it
+        wraps the model. A no-op on one process or without an EMA.
+        """
+        broadcast_ema(self.ema)
 
     def unwrap(self, model: Any) -> Any:
         """`model` without `DistributedDataParallel`/`DataParallel` and `torch.compile` wrappers."""

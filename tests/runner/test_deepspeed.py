@@ -125,6 +125,19 @@ def test_zero_resumes_bitwise_inside_an_epoch(trained):
         assert_bitwise_equal(report["resumed_mid_epoch"], {key: straight[key] for key in report["resumed_mid_epoch"]})
 
 
+def test_every_process_starts_from_rank_zeros_ema_of_either_kind(deepspeed_runner, distributed_runner, tmp_path):
+    # Shared with the other platforms (tests/runner/test_distributed.py): an AveragedModel and an EMA of the
+    # `update(model)` kind, built from weights (and batch-norm buffers) that differ by process.
+    script = SCRIPT.parent / "ema_broadcast.py"
+    distributed_runner(script, str(tmp_path), str(tmp_path / "experiments"), "deepspeed")
+    rank0, rank1 = (torch.load(tmp_path / f"ema-rank{rank}.pt") for rank in (0, 1))
+    for kind in ("averaged", "update"):
+        built, constructed = rank0["deepspeed", kind]["built"], rank0["deepspeed", kind]["constructed"]
+        assert not torch.equal(built["1.running_mean"], rank1["deepspeed", kind]["built"]["1.running_mean"])
+        assert_bitwise_equal(rank1["deepspeed", kind]["constructed"], constructed, kind)
+        assert_bitwise_equal(constructed, built, kind)
+
+
 def test_a_save_the_main_process_fails_to_finish_raises_on_every_process(trained):
     for rank, report in enumerate(trained):
         error = report["save_failure"]
