@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -69,6 +70,11 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
     """Whether the backend needs a process group on one process too (FSDP, DeepSpeed): one of one is made."""
     wraps_before_restore: bool = False
     """Whether a checkpoint loads into the wrapped model, so wrapping comes first (see `restore_and_wrap`)."""
+
+    def __init__(self, config: Mapping) -> None:
+        # Before anything is set up: a runner of one platform must not quietly run a config asking for another.
+        _check_platform_runner(type(self), config.get("platform") or "auto")
+        super().__init__(config)
 
     def __post_init__(self) -> None:
         self.init_environment()
@@ -345,6 +351,31 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
     def stateful_parts(self) -> dict[str, Any]:
         """Model (unwrapped), EMA, optimizer, scheduler and the fp16 grad scaler."""
         return {**super().stateful_parts(), "scaler": self.scaler}
+
+
+def _check_platform_runner(cls: type, platform: str) -> None:
+    """Raise unless `cls` runs `platform`: `auto`/`torch` run on any runner, another platform on its own runner.
+
+    Raises:
+        ValueError: `platform` is unknown, or `cls` is not the platform's runner (nor a subclass of it).
+    """
+    from .runner import PLATFORM_RUNNERS  # runner.py imports this module
+
+    if platform not in PLATFORM_RUNNERS:
+        raise ValueError(f"unknown platform {platform!r}; expected one of: {', '.join(PLATFORM_RUNNERS)}")
+    if platform in ("auto", "torch"):
+        return
+    # By name, so asking does not import the platform's package (accelerate, deepspeed).
+    bases = [f"{base.__module__}:{base.__qualname__}" for base in cls.__mro__]
+    if PLATFORM_RUNNERS[platform] in bases:
+        return
+    platforms = {path: name for name, path in PLATFORM_RUNNERS.items() if name != "auto"}
+    runs = next(path for path in bases if path in platforms)  # the most derived platform runner
+    raise ValueError(
+        f"config.platform is {platform!r}, but {cls.__name__} subclasses {runs.rsplit(':', 1)[1]}, which runs "
+        f"platform {platforms[runs]!r}: subclass danling.Runner, which runs the platform config.platform names "
+        f"(or {PLATFORM_RUNNERS[platform].replace(':', '.')})"
+    )
 
 
 def _release_process_group_users() -> None:
