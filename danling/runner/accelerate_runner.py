@@ -86,14 +86,20 @@ class AccelerateRunner(PointedCheckpoints, TorchRunner):
         """Set up Accelerate's process state (joining the process group `torchrun` describes) and agree on the time.
 
         With no GPU (or another accelerator), Accelerate is asked for the CPU, so that several processes train
-        with `gloo` instead of each running alone.
+        with `gloo` instead of each running alone. `config.backend` and `config.init_method` go to the process
+        group Accelerate makes for a launch (`torchrun`, `accelerate launch`); a plain process has none.
         """
         options: dict[str, Any] = {"cpu": self._on_cpu()}
-        for key in ("backend", "init_method"):
-            if self.config.get(key) is not None:
-                options[key] = self.config[key]
-        state = PartialState(**options)
         expected = int(os.environ.get("WORLD_SIZE", "1"))
+        # Accelerate makes a process group only when a launcher set the environment (LOCAL_RANK, WORLD_SIZE), but
+        # takes a backend given without one for a group it then looks for: `backend: gloo` on one plain process
+        # failed with "Default process group has not been initialized". Without a group, as under TorchRunner, the
+        # backend and init method have nothing to set up.
+        if expected > 1 or "LOCAL_RANK" in os.environ:
+            for key in ("backend", "init_method"):
+                if self.config.get(key) is not None:
+                    options[key] = self.config[key]
+        state = PartialState(**options)
         if state.num_processes != expected:
             raise RuntimeError(
                 f"WORLD_SIZE is {expected}, but Accelerate set up {state.num_processes} process(es) on "
