@@ -176,3 +176,17 @@ class UpdateEma:
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state)
+
+
+def peak_cpu_bytes(function) -> int:
+    """The most CPU memory held at once by what `function()` allocates (net of what it frees), by the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        function()
+    live = peak = 0
+    # An operator's own allocations are on its event; frees are events of their own, named "[memory]".
+    for event in sorted(profiler.events(), key=lambda event: event.time_range.start):
+        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak

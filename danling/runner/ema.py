@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_swa_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_swa_avg_fn, get_swa_multi_avg_fn
+from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices  # as `update_parameters` decides
 
 from ..utils import distributed as du
 
@@ -61,7 +62,10 @@ def average_in_place(ema: AveragedModel, parameters: Iterable[torch.Tensor], buf
         averaged, sources = [*averaged, *ema.module.buffers()], [*sources, *buffers]
     first = bool(ema.n_averaged == 0)
     counts: dict[torch.device, torch.Tensor] = {}
-    default = get_swa_multi_avg_fn()
+    # Without a function of its own, an AveragedModel averages as SWA does: with `_foreach_lerp_` on devices with
+    # foreach kernels, else with the element-wise formula (the two round differently).
+    foreach_devices = _get_foreach_kernels_supported_devices()
+    swa_multi_avg_fn, swa_avg_fn = get_swa_multi_avg_fn(), get_swa_avg_fn()
     for target, source in zip(averaged, sources, strict=True):
         target = target.detach()
         source = source.detach().to(device=target.device, dtype=target.dtype)  # no copy when both agree
@@ -75,8 +79,10 @@ def average_in_place(ema: AveragedModel, parameters: Iterable[torch.Tensor], buf
             ema.multi_avg_fn([target], [source], count)
         elif ema.avg_fn is not None:
             target.copy_(ema.avg_fn(target, source, count))
+        elif target.device.type in foreach_devices:
+            swa_multi_avg_fn([target], [source], count)
         else:
-            default([target], [source], count)
+            target.copy_(swa_avg_fn(target, source, count))
     if not ema.use_buffers:
         # As `update_parameters`: buffers not averaged follow the model's.
         for target, source in zip(ema.module.buffers(), buffers, strict=True):
