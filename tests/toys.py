@@ -152,3 +152,41 @@ def assert_bitwise_equal(a, b, path="state"):
         assert isinstance(b, float) and b != b, path
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+class UpdateEma:
+    """An EMA of the `update(model)` kind (timm's `ModelEmaV2` style): not a module, its copy in `.module`."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9) -> None:
+        import copy
+
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for average, value in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if average.is_floating_point():
+                average.lerp_(value.to(average.dtype), 1 - self.decay)
+            else:
+                average.copy_(value)
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)
+
+
+def peak_cpu_bytes(function) -> int:
+    """The most CPU memory held at once by what `function()` allocates (net of what it frees), by the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        function()
+    live = peak = 0
+    # An operator's own allocations are on its event; frees are events of their own, named "[memory]".
+    for event in sorted(profiler.events(), key=lambda event: event.time_range.start):
+        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak

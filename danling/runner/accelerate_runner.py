@@ -86,14 +86,20 @@ class AccelerateRunner(PointedCheckpoints, TorchRunner):
         """Set up Accelerate's process state (joining the process group `torchrun` describes) and agree on the time.
 
         With no GPU (or another accelerator), Accelerate is asked for the CPU, so that several processes train
-        with `gloo` instead of each running alone.
+        with `gloo` instead of each running alone. `config.backend` and `config.init_method` go to the process
+        group Accelerate makes for a launch (`torchrun`, `accelerate launch`); a plain process has none.
         """
         options: dict[str, Any] = {"cpu": self._on_cpu()}
-        for key in ("backend", "init_method"):
-            if self.config.get(key) is not None:
-                options[key] = self.config[key]
-        state = PartialState(**options)
         expected = int(os.environ.get("WORLD_SIZE", "1"))
+        # Accelerate makes a process group only when a launcher set the environment (LOCAL_RANK, WORLD_SIZE), but
+        # takes a backend given without one for a group it then looks for: `backend: gloo` on one plain process
+        # failed with "Default process group has not been initialized". Without a group, as under TorchRunner, the
+        # backend and init method have nothing to set up.
+        if expected > 1 or "LOCAL_RANK" in os.environ:
+            for key in ("backend", "init_method"):
+                if self.config.get(key) is not None:
+                    options[key] = self.config[key]
+        state = PartialState(**options)
         if state.num_processes != expected:
             raise RuntimeError(
                 f"WORLD_SIZE is {expected}, but Accelerate set up {state.num_processes} process(es) on "
@@ -206,9 +212,11 @@ class AccelerateRunner(PointedCheckpoints, TorchRunner):
         self.restore_checkpoint()
 
     def wrap_model(self) -> None:
-        """Prepare the model (if it has trainable parameters), the optimizer and the scheduler."""
+        """Prepare the model (if it has trainable parameters), the optimizer and the scheduler; give every process
+        rank 0's EMA, as DDP gives it rank 0's model."""
         if self._prepared:
             return
+        self.broadcast_ema()
         candidates = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
         model = self.model
         if not isinstance(model, nn.Module) or not any(p.requires_grad for p in model.parameters()):

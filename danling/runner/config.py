@@ -174,7 +174,9 @@ class Config(chanfig.Config):
     # Distributed
     platform: str = "auto"
     """Runner platform for `Runner`: `"auto"` (= `"torch"`), `"torch"` (DDP), `"fsdp"` (FSDP2), `"accelerate"`
-    (Hugging Face Accelerate, data parallel) or `"deepspeed"` (DeepSpeed ZeRO); the last two need their extra."""
+    (Hugging Face Accelerate, data parallel) or `"deepspeed"` (DeepSpeed ZeRO); the last two need their extra. A
+    subclass of a platform's runner (`TorchRunner`, `FSDPRunner`, ...) refuses another platform (`auto`/`torch`
+    aside): subclass `Runner` to choose the platform by config."""
     fsdp_units: list[str] | None = None
     """FSDP: class names of the submodules to shard as units (`["TransformerBlock"]`); `None` shards each direct
     child that holds parameters."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -31,6 +31,7 @@ from ..runs import CHECKPOINT_EXTENSIONS
 from ..utils import distributed as du
 from ..utils.io import CorruptFileError, fsync_dir, load, save, to_builtin
 from .checkpoint import CheckpointLike, extract_model_state
+from .ema import average_in_place
 from .pointers import PointedCheckpoints, durable_size, fresh_tag, resolve_checkpoint
 from .torch_runner import TorchRunner
 
@@ -208,8 +209,7 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
         if not isinstance(model, nn.Module) or isinstance(model, deepspeed.DeepSpeedEngine):
             return
         ds_config = self.deepspeed_config()
-        if isinstance(self.ema, nn.Module):
-            du.broadcast_module(self.ema)
+        self.broadcast_ema()
         parameters = [p for p in model.parameters() if p.requires_grad] if self.optimizer is None else None
         engine, optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=self.optimizer, model_parameters=parameters, config=ds_config
@@ -225,6 +225,28 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
         return super().unwrap(model)
 
     # Backend
+
+    @staticmethod
+    def forward(model: Any, input: Any) -> Any:
+        """Call `model` on `input`; the engine in its own precision, with its float inputs cast to it.
+
+        The `bf16`/`fp16` section (`config.precision`) makes DeepSpeed cast the module's parameters to that dtype
+        and run it so: it is not autocast. DeepSpeed's `engine.forward` turns an outer CUDA autocast off inside
+        (`autocast_if_enabled`, unless `config.deepspeed.torch_autocast` is set; newer versions refuse it), so the
+        runner's autocast would reach the module as fp32 inputs against bf16 weights, a dtype error at the first
+        step on GPUs (on the CPU it passed through, and the module ran autocast instead). So the engine runs with
+        autocast off and float inputs in the module's dtype, on every device alike, as DeepSpeed's
+        `fp16.auto_cast` does for fp16; the loss is still computed under the runner's autocast. A
+        `torch_autocast` section in `config.deepspeed` still applies: DeepSpeed enters its own autocast.
+        Evaluation and inference call the plain module (or the EMA) under the runner's autocast.
+        """
+        if not isinstance(model, deepspeed.DeepSpeedEngine):
+            return TorchRunner.forward(model, input)
+        dtype = model.get_data_types()[0]
+        if dtype != torch.float32:
+            input = _cast_floats(input, dtype)
+        with torch.autocast(get_accelerator().device_name(), enabled=False):
+            return TorchRunner.forward(model, input)
 
     def accumulate(self) -> Any:
         """Tell the engine whether this micro-batch closes its accumulation window, so it reduces and steps there."""
@@ -246,15 +268,26 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
         engine.step()
 
     def update_ema(self) -> None:
-        """Update the EMA; from copies in its own dtype when DeepSpeed holds the module in bf16/fp16."""
+        """Update the EMA after an optimizer step: an `AveragedModel` in place, one tensor at a time.
+
+        On one process, ZeRO's fp32 master weights are averaged, read where the optimizer keeps them (each
+        parameter's fragment of its flat fp32 partition, which on one process is the whole parameter): under
+        bf16/fp16 the module holds only their rounding. On several processes each holds a part of the master
+        weights, and every process must average the same values, so the module's weights are averaged (what
+        gathering the fp32 weights would cost is a second all-reduce of the model at every step). Either way
+        [`average_in_place`][danling.runner.ema.average_in_place] casts at most one tensor at a time: no fp32 copy
+        of the whole model. An EMA of the `update(model)` kind is given the module.
+        """
         ema: Any = self.ema
         module = self.unwrap(self.model)
-        if isinstance(ema, torch.optim.swa_utils.AveragedModel):
-            dtype = next(ema.parameters()).dtype
-            if any(p.dtype != dtype for p in module.parameters()):
-                module = _InDtype(module, dtype)
-        update = getattr(ema, "update_parameters", None) or ema.update
-        update(module)
+        if not isinstance(ema, torch.optim.swa_utils.AveragedModel):
+            update = getattr(ema, "update_parameters", None) or ema.update
+            update(module)
+            return
+        parameters: Iterable[torch.Tensor] = module.parameters()
+        if self.world_size == 1:
+            parameters = map(_fp32_master, parameters)
+        average_in_place(ema, parameters, module.buffers())
 
     # State
 
@@ -357,17 +390,31 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
             refresh()
 
 
-class _InDtype:
-    """What `AveragedModel.update_parameters` reads of a model (its parameters and buffers), cast to `dtype`."""
+def _cast_floats(data: Any, dtype: torch.dtype) -> Any:
+    """`data` with its floating-point tensors (nested in mappings, lists and tuples) cast to `dtype`."""
+    if isinstance(data, torch.Tensor):
+        return data.to(dtype) if data.is_floating_point() else data
+    if isinstance(data, Mapping):
+        return {key: _cast_floats(value, dtype) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(_cast_floats(value, dtype) for value in data)
+    return data
 
-    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
-        self.module, self.dtype = module, dtype
 
-    def parameters(self) -> list[torch.Tensor]:
-        return [p.detach().to(self.dtype) for p in self.module.parameters()]
+def _fp32_master(parameter: torch.Tensor) -> torch.Tensor:
+    """The optimizer's fp32 master copy of `parameter` (a view, no copy) when this process holds all of it, else
+    `parameter` itself.
 
-    def buffers(self) -> list[torch.Tensor]:
-        return [b.to(self.dtype) if b.is_floating_point() else b for b in self.module.buffers()]
+    ZeRO 1/2 and DeepSpeed's bf16 optimizer link each trained parameter to its fragment of the flat fp32 partition
+    (`_hp_mapping`, set by `deepspeed.utils.link_hp_params`); the fragment is the whole parameter when the
+    partition covers it (one process). Frozen parameters, ZeRO 0 without bf16 and fp32 training have no mapping
+    (the module's weights are then the ones the optimizer steps, or equal to them).
+    """
+    mapping = getattr(parameter, "_hp_mapping", None)
+    fragment = mapping.get_hp_fragment() if mapping is not None else None
+    if fragment is None or fragment.numel() != parameter.numel():
+        return parameter
+    return fragment.view(parameter.shape)
 
 
 def full_weights(checkpoint: str) -> Mapping[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from torch import nn
 from ..metrics import Metrics, MultiTaskMetrics
 from ..utils import distributed as du
 from .config import interval
+from .ema import ema_module
 from .meta import RunnerMode
 from .parts import RunnerParts
 from .results import epoch_label
@@ -68,12 +69,16 @@ class EvaluationLoop(RunnerParts):
     def evaluation_model(self) -> nn.Module:
         """The EMA model if there is one, else the model, unwrapped.
 
-        Unwrapped because DDP's forward may broadcast buffers, a collective that would hang when processes
-        evaluate different numbers of batches.
+        An EMA that is a module (`AveragedModel`) is called as it is; one that is not (of the `update(model)` kind)
+        through its `.module`. Unwrapped because DDP's forward may broadcast buffers, a collective that would hang
+        when processes evaluate different numbers of batches.
         """
         if self.model is None:
             raise ValueError("there is no model to evaluate: assign self.model in your runner's __init__")
-        return self.unwrap(self.ema if self.ema is not None else self.model)
+        if self.ema is None:
+            return self.unwrap(self.model)
+        module = ema_module(self.ema)
+        return self.unwrap(module if module is not None else self.ema)
 
     @torch.no_grad()
     def infer(self, split: str = "inf") -> Any:

@@ -86,10 +86,10 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
             "reshard_after_forward": self.config.get("reshard_after_forward"),
         }
         fsdp_utils.shard_model(model, self.sharding_units(model), **options)
+        self.broadcast_ema()
         ema: Any = self.ema
         if isinstance(ema, torch.optim.swa_utils.AveragedModel):
             # Sharded like the model, the EMA averages shard by shard with no communication.
-            du.broadcast_module(ema)
             fsdp_utils.shard_model(ema.module, self.sharding_units(ema.module), **options)
         if self.optimizer is not None:
             _rebind_optimizer(self.optimizer, names, dict(model.named_parameters()))

@@ -44,7 +44,8 @@ class Runner(TorchRunner):
     `"accelerate"` and as `DeepSpeedRunner` for `"deepspeed"`: a subclass of `Runner` is combined with the
     platform's runner, so the same script runs on any of them. A platform whose
     package is missing raises `ImportError` naming what to install; any other value raises `ValueError` listing
-    the valid platforms.
+    the valid platforms. A subclass of `TorchRunner` (or of a platform's runner) asked for another platform raises
+    `ValueError` saying to subclass `Runner`, rather than run the platform it was written for.
 
     Examples:
         >>> Runner({"platform": "tpu", "log": False})

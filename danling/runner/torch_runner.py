@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..utils import distributed as du
 from ..utils.seed import seed_everything
 from .base_runner import BaseRunner
 from .data import DataMixin, to_device
+from .ema import broadcast_ema, ema_module
 from .evaluation import EvaluationLoop
 from .meta import RunnerMode
 from .state import ProcessStateMixin
@@ -68,6 +70,11 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
     """Whether the backend needs a process group on one process too (FSDP, DeepSpeed): one of one is made."""
     wraps_before_restore: bool = False
     """Whether a checkpoint loads into the wrapped model, so wrapping comes first (see `restore_and_wrap`)."""
+
+    def __init__(self, config: Mapping) -> None:
+        # Before anything is set up: a runner of one platform must not quietly run a config asking for another.
+        _check_platform_runner(type(self), config.get("platform") or "auto")
+        super().__init__(config)
 
     def __post_init__(self) -> None:
         self.init_environment()
@@ -209,7 +216,7 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
     def mode(self, mode: str | RunnerMode) -> None:
         self._mode = RunnerMode(mode)
         training = self._mode is RunnerMode.train
-        for module in (self.model, self.ema):
+        for module in (self.model, ema_module(self.ema)):
             # A wrapper's own flag may not follow its module's (DeepSpeed's engine never sets it): ask both.
             if isinstance(module, nn.Module) and (
                 module.training != training or self.unwrap(module).training != training
@@ -245,24 +252,35 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         return device
 
     def move_to_device(self) -> None:
-        """Move the model, the EMA model and the criterion (if it has state) to `device`."""
+        """Move the model, the EMA's module and the criterion (if it has state) to `device`."""
         device = self.device
-        for name in ("model", "ema", "criterion"):
-            module = getattr(self, name)
+        for module in (self.model, ema_module(self.ema), self.criterion):
             if isinstance(module, nn.Module):
                 module.to(device)
 
     def wrap_model(self) -> None:
-        """Wrap the model in `DistributedDataParallel` when distributed and it has trainable parameters."""
+        """Wrap the model in `DistributedDataParallel` when distributed and it has trainable parameters.
+
+        DDP starts every process from rank 0's weights; the EMA is given rank 0's too (see `broadcast_ema`).
+        """
         model = self.model
         if not self.distributed or not isinstance(model, nn.Module):
             return
         if isinstance(model, nn.parallel.DistributedDataParallel):
             return
+        self.broadcast_ema()
         if not any(parameter.requires_grad for parameter in model.parameters()):
             return
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self.model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def broadcast_ema(self) -> None:
+        """Give every process rank 0's EMA (parameters and buffers), as the model gets rank 0's when it is wrapped.
+
+        Processes seed differently, so each builds its EMA from other weights; every backend calls this when it
+        wraps the model. A no-op on one process or without an EMA.
+        """
+        broadcast_ema(self.ema)
 
     def unwrap(self, model: Any) -> Any:
         """`model` without `DistributedDataParallel`/`DataParallel` and `torch.compile` wrappers."""
@@ -368,6 +386,31 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
     def stateful_parts(self) -> dict[str, Any]:
         """Model (unwrapped), EMA, optimizer, scheduler and the fp16 grad scaler."""
         return {**super().stateful_parts(), "scaler": self.scaler}
+
+
+def _check_platform_runner(cls: type, platform: str) -> None:
+    """Raise unless `cls` runs `platform`: `auto`/`torch` run on any runner, another platform on its own runner.
+
+    Raises:
+        ValueError: `platform` is unknown, or `cls` is not the platform's runner (nor a subclass of it).
+    """
+    from .runner import PLATFORM_RUNNERS  # runner.py imports this module
+
+    if platform not in PLATFORM_RUNNERS:
+        raise ValueError(f"unknown platform {platform!r}; expected one of: {', '.join(PLATFORM_RUNNERS)}")
+    if platform in ("auto", "torch"):
+        return
+    # By name, so asking does not import the platform's package (accelerate, deepspeed).
+    bases = [f"{base.__module__}:{base.__qualname__}" for base in cls.__mro__]
+    if PLATFORM_RUNNERS[platform] in bases:
+        return
+    platforms = {path: name for name, path in PLATFORM_RUNNERS.items() if name != "auto"}
+    runs = next(path for path in bases if path in platforms)  # the most derived platform runner
+    raise ValueError(
+        f"config.platform is {platform!r}, but {cls.__name__} subclasses {runs.rsplit(':', 1)[1]}, which runs "
+        f"platform {platforms[runs]!r}: subclass danling.Runner, which runs the platform config.platform names "
+        f"(or {PLATFORM_RUNNERS[platform].replace(':', '.')})"
+    )
 
 
 def _release_process_group_users() -> None:

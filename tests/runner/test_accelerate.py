@@ -143,6 +143,18 @@ def test_the_config_maps_onto_the_accelerator_and_bf16_training_matches_ddp_on_o
 
 
 @requires_accelerate
+def test_backend_gloo_on_one_plain_process_trains_as_ddp_does(tmp_path):
+    # It failed with "Default process group has not been initialized": Accelerate was handed a backend, and then
+    # expected a process group that nobody made.
+    report, _ = run_alone(tmp_path, "gloo-alone")
+    assert report["distributed_type"] == "NO"
+    torch_run, accelerate = report["torch"], report["accelerate"]
+    assert accelerate["counters"] == torch_run["counters"] == (10, 10, 1)
+    assert_close(accelerate["model"], torch_run["model"], atol=1e-6)
+    assert accelerate["results"][1]["train"]["loss"] < accelerate["results"][0]["train"]["loss"]
+
+
+@requires_accelerate
 def test_a_killed_save_leaves_latest_on_the_previous_checkpoint_and_resume_skips_incomplete_ones(tmp_path):
     from danling.runner.accelerate_runner import AccelerateRunner
     from danling.runner.pointers import resolve_checkpoint

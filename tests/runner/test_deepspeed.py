@@ -139,6 +139,19 @@ def test_zero_resumes_bitwise_inside_an_epoch(trained):
         assert_bitwise_equal(report["resumed_mid_epoch"], {key: straight[key] for key in report["resumed_mid_epoch"]})
 
 
+def test_every_process_starts_from_rank_zeros_ema_of_either_kind(deepspeed_runner, distributed_runner, tmp_path):
+    # Shared with the other platforms (tests/runner/test_distributed.py): an AveragedModel and an EMA of the
+    # `update(model)` kind, built from weights (and batch-norm buffers) that differ by process.
+    script = SCRIPT.parent / "ema_broadcast.py"
+    distributed_runner(script, str(tmp_path), str(tmp_path / "experiments"), "deepspeed")
+    rank0, rank1 = (torch.load(tmp_path / f"ema-rank{rank}.pt") for rank in (0, 1))
+    for kind in ("averaged", "update"):
+        built, constructed = rank0["deepspeed", kind]["built"], rank0["deepspeed", kind]["constructed"]
+        assert not torch.equal(built["1.running_mean"], rank1["deepspeed", kind]["built"]["1.running_mean"])
+        assert_bitwise_equal(rank1["deepspeed", kind]["constructed"], constructed, kind)
+        assert_bitwise_equal(constructed, built, kind)
+
+
 def test_a_save_the_main_process_fails_to_finish_raises_on_every_process(trained):
     for rank, report in enumerate(trained):
         error = report["save_failure"]
@@ -196,6 +209,52 @@ def test_bf16_trains_with_a_bf16_module_and_an_fp32_ema(single):
     # full_weights gives ZeRO's fp32 master copy, of which the module holds the bf16 rounding.
     assert {value.dtype for value in half["full"].values()} == {torch.float32}
     assert all(torch.equal(half["full"][key].bfloat16(), value) for key, value in half["model"].items())
+
+
+def test_bf16_runs_the_engine_in_its_own_precision_without_autocast(single):
+    # DeepSpeed holds the module in bf16 and turns an outer CUDA autocast off in engine.forward; fp32 inputs then
+    # met bf16 weights on GPUs. The engine gets no autocast and bf16 inputs, on the CPU as on CUDA.
+    assert single["bf16"]["forward"] == {"autocast": False, "dtype": torch.bfloat16}
+
+
+def test_bf16_ema_averages_the_fp32_master_weights_in_place(single):
+    half = single["bf16"]
+    # An independent EMA (decay 0.9, the first update a copy) of the fp32 master weights after each of the 12
+    # optimizer steps, in float64; the bf16 module holds only their rounding, 1e-3 away.
+    masters = half["masters"]
+    assert len(masters) == 12
+    expected = {name: value.double() for name, value in masters[0].items()}
+    for weights in masters[1:]:
+        expected = {name: 0.9 * expected[name] + 0.1 * value.double() for name, value in weights.items()}
+    for name, value in expected.items():
+        assert torch.allclose(half["ema"][name].double(), value, rtol=0, atol=1e-6), name
+
+
+def test_bf16_ema_update_allocates_no_copy_of_the_model(single):
+    # The update reads the master weights where ZeRO keeps them (views) and averages tensor by tensor in place:
+    # 8 bytes here (the step count), where casting the module to fp32 took all of its 780 bytes (and 28 GB on a
+    # 7B model).
+    half = single["bf16"]
+    assert half["update_peak"] < 0.1 * sum(half["parameter_bytes"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_zero2_bf16_trains_on_one_gpu_and_the_loss_decreases(distributed_runner, tmp_path, monkeypatch):
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed: pip install 'danling[deepspeed]'")
+    # The engine's forward under the runner's CUDA autocast met bf16 weights with fp32 inputs at the first step.
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
+    report = launch(distributed_runner, tmp_path, "bf16", 2, nproc=1)[0]
+    assert report["device"].startswith("cuda") and report["dtypes"] == ["torch.bfloat16"]
+    assert {(forward["autocast"], forward["dtype"]) for forward in report["forwards"]} == {(False, torch.bfloat16)}
+    losses = [report["results"][epoch]["train"]["loss"] for epoch in range(3)]
+    assert losses[2] < losses[0], losses
+    # The EMA (decay 0.9) follows ZeRO's fp32 master weights, as on the CPU.
+    expected = {name: value.double() for name, value in report["masters"][0].items()}
+    for weights in report["masters"][1:]:
+        expected = {name: 0.9 * expected[name] + 0.1 * value.double() for name, value in weights.items()}
+    for name, value in expected.items():
+        assert torch.allclose(report["ema"][name].double().cpu(), value.cpu(), rtol=0, atol=1e-5), name
 
 
 def test_an_incomplete_or_missing_checkpoint_is_named(deepspeed_runner, tmp_path):

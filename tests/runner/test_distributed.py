@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -80,3 +81,28 @@ def test_infer_gathers_predictions_in_dataset_order(two_ranks, tmp_path):
             parameter.copy_(torch.tensor(values).view_as(parameter))
     expected = single.infer("val")
     torch.testing.assert_close(torch.tensor(rank0["predictions"]), expected, rtol=1e-5, atol=1e-6)
+
+
+EMA_SCRIPT = Path(__file__).parent / "dist_scripts" / "ema_broadcast.py"
+EMA_PLATFORMS = ["torch", "fsdp"] + (["accelerate"] if importlib.util.find_spec("accelerate") else [])
+
+
+@pytest.fixture(scope="module")
+def emas(tmp_path_factory, distributed_runner):
+    """The EMA each of two processes holds after construction, per platform and kind of EMA."""
+    output = tmp_path_factory.mktemp("ema")
+    distributed_runner(EMA_SCRIPT, str(output), str(output / "experiments"), *EMA_PLATFORMS)
+    return [torch.load(output / f"ema-rank{rank}.pt") for rank in (0, 1)]
+
+
+@pytest.mark.parametrize("kind", ["averaged", "update"])
+@pytest.mark.parametrize("platform", EMA_PLATFORMS)
+def test_every_process_starts_from_rank_zeros_ema(emas, platform, kind):
+    rank0, rank1 = (report[platform, kind] for report in emas)
+    # Seeded by rank, the processes built different EMAs (parameters and batch-norm buffers alike) ...
+    assert all(not torch.equal(rank0["built"][key], rank1["built"][key]) for key in ("0.weight", "1.running_mean"))
+    # ... and hold rank 0's once constructed, buffers included.
+    assert rank0["constructed"].keys() == rank1["constructed"].keys()
+    for key, value in rank0["constructed"].items():
+        assert torch.equal(value, rank1["constructed"][key]), key
+        assert torch.equal(value, rank0["built"][key]), key

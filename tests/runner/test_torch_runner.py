@@ -290,6 +290,33 @@ def test_runner_dispatches_on_platform(tmp_path):
         dl.Runner(make_config(tmp_path, platform="tpu"))
 
 
+@pytest.mark.parametrize("platform", ["fsdp", "accelerate", "deepspeed"])
+def test_another_platform_on_a_torch_runner_subclass_is_an_error_naming_runner(tmp_path, platform):
+    # It used to run DDP without a word; now it raises before any process group or package is set up.
+    with pytest.raises(
+        ValueError,
+        match=rf"config.platform is '{platform}', but RegressionRunner subclasses "
+        r"TorchRunner, which runs platform 'torch': subclass danling.Runner",
+    ):
+        RegressionRunner(make_config(tmp_path, platform=platform))
+    assert not torch.distributed.is_initialized()
+    with pytest.raises(ValueError, match="unknown platform 'tpu'; expected one of: auto, torch"):
+        RegressionRunner(make_config(tmp_path, platform="tpu"))
+
+
+def test_a_platform_runner_refuses_another_platform_and_torch_runners_take_auto_and_torch(tmp_path):
+    from danling.runner.fsdp_runner import FSDPRunner
+
+    class Sharded(FSDPRunner):
+        pass
+
+    with pytest.raises(ValueError, match="Sharded subclasses FSDPRunner, which runs platform 'fsdp'"):
+        Sharded(make_config(tmp_path, platform="accelerate"))
+    for platform in ("auto", "torch"):
+        runner = RegressionRunner(make_config(tmp_path, platform=platform, epoch_end=1))
+        assert type(runner) is RegressionRunner and runner.train()[0]["train"]["loss"] > 0
+
+
 @pytest.mark.parametrize("platform", ["deepspeed", "accelerate"])
 def test_a_platform_whose_package_is_missing_says_what_to_install(tmp_path, platform):
     # None in sys.modules is how Python itself marks a module as not importable.

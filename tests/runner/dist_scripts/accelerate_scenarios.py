@@ -10,6 +10,7 @@ Usage: accelerate_scenarios.py SCENARIO OUTPUT ROOT
 - `resume`: a straight run, one that crashes after an epoch and one that crashes inside an epoch, both resumed with
   `resume=True`.
 - `single`: one process: how the config maps onto the Accelerator, bf16 against DDP's bf16, and the errors.
+- `gloo-alone`: one plain process with `backend: gloo`, on DDP and on Accelerate.
 - `killed-save`: one process, killed (`os._exit`) while writing its second checkpoint.
 - `after-kill`: one process, resuming the run `killed-save` left.
 """
@@ -177,6 +178,18 @@ def single(root: str) -> dict:
     return report
 
 
+def gloo_alone(root: str) -> dict:
+    # `backend: gloo` on one plain process: no process group to make, as on the other platforms.
+    report: dict = {}
+    for platform in ("torch", "accelerate"):
+        config = make_config(os.path.join(root, platform), platform=platform, backend="gloo", epoch_end=2, **TRAIN)
+        runner = Recorded(config)
+        runner.train()
+        report[platform] = snapshot(runner)
+    report["distributed_type"] = str(runner.accelerator.distributed_type.value)
+    return report
+
+
 def killed_save(root: str) -> dict:
     import danling.runner.accelerate_runner as backend
 
@@ -208,6 +221,7 @@ SCENARIOS = {
     "unclipped": unclipped,
     "resume": resume,
     "single": single,
+    "gloo-alone": gloo_alone,
     "killed-save": killed_save,
     "after-kill": after_kill,
 }

@@ -10,7 +10,9 @@ Usage: deepspeed_scenarios.py SCENARIO OUTPUT ROOT [STAGE]
 - `unclipped`: DDP and DeepSpeed ZeRO STAGE for 2 epochs with accumulation (windows of 2, 2 and 1) and no
   clipping, which would hide a gradient scaled wrong.
 - `single`: one process: a save killed before its run state is written, `resume=True` past an incomplete
-  checkpoint, `from_checkpoint`, and `load_pretrained` from a DeepSpeed checkpoint and from a plain file.
+  checkpoint, `from_checkpoint`, and `load_pretrained` from a DeepSpeed checkpoint and from a plain file; bf16, with
+  the fp32 master weights after each step, what the module's forward sees, and what an EMA update allocates.
+- `bf16`: one process, bf16 on ZeRO STAGE for 3 epochs, on DeepSpeed's accelerator (`DS_ACCELERATOR`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import torch
-from toys import Interrupted, ResumableRunner, make_config
+from deepspeed.utils import safe_get_full_fp32_param
+from toys import Interrupted, ResumableRunner, make_config, peak_cpu_bytes
 
 import danling as dl
 from danling.runner import deepspeed_runner
@@ -123,6 +126,8 @@ def main() -> None:
         report["gradient_clipping"] = runner.deepspeed_config()["gradient_clipping"]
     elif scenario == "single":
         single(root, output, stage, report)
+    elif scenario == "bf16":
+        bf16(root, stage, report)
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     torch.save(report, os.path.join(output, f"{scenario}-rank{rank}.pt"))
@@ -183,7 +188,7 @@ def single(root: str, output: str, stage: int, report: dict) -> None:
     report["after_pretrained_epoch"] = after
 
     # bf16: DeepSpeed holds the module in bf16 (fp32 master weights in ZeRO); the EMA stays fp32.
-    half = ResumableRunner(deepspeed_config(os.path.join(root, "bf16"), stage, precision="bf16", **settings))
+    half = MasterRecorded(deepspeed_config(os.path.join(root, "bf16"), stage, precision="bf16", **settings))
     initial_ema = {key: value.clone() for key, value in half.ema.module.state_dict().items()}
     half.train()
     report["bf16"] = {
@@ -191,7 +196,45 @@ def single(root: str, output: str, stage: int, report: dict) -> None:
         "initial_ema": initial_ema,
         "full": dict(deepspeed_runner.full_weights(os.path.join(half.checkpoint_dir, "latest.ds"))),
         **snapshot(half),
+        "masters": half.masters,
+        "forward": half.forwards[0],
+        "parameter_bytes": [p.numel() * 4 for p in half.unwrap(half.model).parameters()],
+        # One more EMA update (after the snapshot): what it allocates at most, at once.
+        "update_peak": peak_cpu_bytes(half.update_ema),
     }
+
+
+class MasterRecorded(ResumableRunner):
+    """`ResumableRunner` that records ZeRO's fp32 master weights after each optimizer step (with DeepSpeed's own
+    API), and what the module's training forward sees (autocast on or off, the dtype of its input)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.__dict__["masters"], self.__dict__["forwards"] = [], []
+
+        def record(module, args):
+            if module.training:
+                autocast = torch.is_autocast_enabled(args[0].device.type)
+                self.forwards.append({"autocast": autocast, "dtype": args[0].dtype})
+
+        self.model.register_forward_pre_hook(record)
+
+    def step(self):
+        super().step()
+        module = self.unwrap(self.model)
+        masters = {name: safe_get_full_fp32_param(p).clone() for name, p in module.named_parameters()}
+        self.masters.append(masters)
+
+
+def bf16(root: str, stage: int, report: dict) -> None:
+    # On the accelerator DS_ACCELERATOR names (the cuda-marked test: one GPU), bf16 for a few epochs.
+    settings = {"epoch_end": 3, "precision": "bf16", "samples": 64, "val_samples": 25}
+    runner = MasterRecorded(deepspeed_config(os.path.join(root, "bf16"), stage, **settings))
+    runner.train()
+    report.update(snapshot(runner))
+    report["device"] = str(runner.device)
+    report["dtypes"] = sorted({str(p.dtype) for p in runner.unwrap(runner.model).parameters()})
+    report["masters"], report["forwards"] = runner.masters, runner.forwards
 
 
 def failing_save_error(runner, fail) -> str:
