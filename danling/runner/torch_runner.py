@@ -134,9 +134,12 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
     def process_group_backend(self) -> str:
         """The backend of a process group this runner creates: `config.backend`, else `nccl` on CUDA, else `gloo`.
 
-        For `nccl`, this process's GPU (by local rank) becomes the current device first.
+        A `config.device` other than CUDA (`"cpu"` on a GPU machine) gets `gloo`, which serves CPU tensors. For
+        `nccl`, this process's GPU (by local rank) becomes the current device first.
         """
-        backend = self.config.get("backend") or ("nccl" if torch.cuda.is_available() else "gloo")
+        configured = self.config.get("device")
+        on_cuda = torch.cuda.is_available() and (configured is None or torch.device(configured).type == "cuda")
+        backend = self.config.get("backend") or ("nccl" if on_cuda else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(du.get_local_rank())
         return backend

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -274,3 +275,44 @@ def test_a_sigkill_during_a_dcp_save_leaves_latest_loadable_and_the_resumed_run_
     named = set(pointers(checkpoint_dir).values())
     left = {os.path.normpath(path) for path in (checkpoint_dir / "dcp").iterdir()}
     assert left == named and all(checkpoint_complete(path) == [] for path in left)
+
+
+# A failure, or a moved pointer, on one process only.
+
+
+def run_with_deadline(tmp_path: Path, scenario: str, deadline: float = 60) -> list[dict]:
+    """Run a scenario on 2 processes in its own session, killed whole after `deadline` seconds: a hang fails."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT)]
+    command += [scenario, str(tmp_path), str(tmp_path / "experiments")]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    ) as process:
+        try:
+            output, _ = process.communicate(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
+            process.communicate()
+            pytest.fail(f"{scenario} did not finish within {deadline} s: a process was left waiting")
+    assert process.returncode == 0, output
+    return [torch.load(tmp_path / f"{scenario}-rank{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+def test_a_save_the_main_process_fails_to_start_raises_on_every_process(tmp_path):
+    first, second = run_with_deadline(tmp_path, "save-failure")
+    # The main process's own error; the other process is told of it instead of waiting for the checkpoint's name.
+    assert first["error"] == "OSError: no space left on device", first["error"]
+    assert second["error"].startswith("RuntimeError: checkpoint latest was not started: the main process failed")
+    assert second["error"].endswith("OSError: no space left on device"), second["error"]
+    # The first epoch's checkpoint (6 steps) is still `latest`.
+    assert first["latest"] == second["latest"] == "dcp/latest-s6-1"
+
+
+def test_every_process_loads_the_checkpoint_the_main_process_read_even_if_the_pointer_moved(tmp_path):
+    reports = run_with_deadline(tmp_path, "moved-pointer")
+    latest, earlier = reports[0]["checkpoints"]["latest"], reports[0]["checkpoints"]["epoch-0"]
+    assert any(not torch.equal(latest[key], earlier[key]) for key in latest)
+    for report in reports:
+        # Both processes resumed from the checkpoint `latest.dcp` named when the main process read it.
+        assert report["steps"] == 12
+        assert_close(report["model"], latest, atol=0)
