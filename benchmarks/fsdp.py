@@ -7,10 +7,14 @@ through `get_state_dict`/`set_state_dict`) against `torch.save` (with fsync, as 
 on one process with no process group (`dcp_to_full_state_dict`). Medians of interleaved repeats; the files stay
 in the page cache, so loads measure deserialisation and resharding more than the disk.
 
-(b) Memory per process after one training step, FSDP2 against DDP on the same model: bytes of the tensors each
-process holds for parameters, gradients and optimizer state, and the resident memory (RSS) above the process's
-baseline, at its peak during model construction + forward/backward/step (sampled every 2 ms) and after the step.
-Each mode runs in fresh processes (spawned by each rank), so neither inherits the other's allocator state.
+(b) Memory per process after one training step, FSDP2 against DDP on the same model of about 100 MB: 8 equal
+blocks (two linear layers each) inside one `nn.Sequential` container. FSDP2 shards it with no configuration (the
+runner's default units: the smallest subtrees of at least `DEFAULT_MIN_UNIT_PARAMS` parameters) and, for
+comparison, with the container as the one unit (what a default of "each direct child" gives). Reported: bytes of
+the tensors each process holds for parameters, gradients and optimizer state, and the resident memory (RSS) above
+the process's baseline, at its peak during model construction + forward/backward/step (sampled every 2 ms) and
+after the step. Each mode runs in fresh processes (spawned by each rank), so none inherits another's allocator
+state.
 
     python -m torch.distributed.run --nproc_per_node 2 benchmarks/fsdp.py [--repeats 3] [--megabytes 100]
     python benchmarks/fsdp.py          # launches the line above
@@ -49,12 +53,29 @@ WIDTH = 2048
 MIB = 2**20
 PAGE = os.sysconf("SC_PAGE_SIZE")
 M_MMAP_THRESHOLD = -3  # mallopt parameter, from glibc's malloc.h
+MEMORY_MODES = ("fsdp", "fsdp-1-unit", "ddp")
 
 
 def make_model(megabytes: float) -> nn.Sequential:
     torch.manual_seed(0)
     layers = max(1, round(megabytes * MIB / 4 / (WIDTH * WIDTH)))
     return nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(layers)])
+
+
+class Blocks(nn.Module):
+    """8 equal blocks of two linear layers inside one container, about `megabytes` of fp32 parameters in all."""
+
+    def __init__(self, megabytes: float, blocks: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.width = max(8, round((megabytes * MIB / 4 / blocks / 2) ** 0.5))
+        width = self.width
+        self.blocks = nn.Sequential(
+            *[nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width)) for _ in range(blocks)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, zero: bool = True) -> None:
@@ -221,15 +242,20 @@ def memory_child(mode: str, rank: int, world_size: int, address: str, megabytes:
     gc.collect()
     baseline = rss()
     with peak_rss() as peak:
-        model: nn.Module = make_model(megabytes)
+        blocks = Blocks(megabytes)
+        model: nn.Module = blocks
         if mode == "fsdp":
-            model = fsdp_utils.shard_model(model)
+            model = fsdp_utils.shard_model(blocks)
+        elif mode == "fsdp-1-unit":
+            model = fsdp_utils.shard_model(blocks, [blocks.blocks])
         else:
-            model = nn.parallel.DistributedDataParallel(model)
+            model = nn.parallel.DistributedDataParallel(blocks)
         optimizer = torch.optim.AdamW(model.parameters())
-        train_step(model, optimizer, zero=False)
+        model(torch.randn(4, blocks.width)).square().mean().backward()
+        optimizer.step()
     held = held_bytes(model, optimizer)
     result = {**held, "held": sum(held.values()), "peak": peak[0] - baseline, "after": rss() - baseline}
+    result["units"] = len(fsdp_utils.fsdp_modules(blocks))
     queue.put(result)
     dist.destroy_process_group()
 
@@ -243,7 +269,7 @@ def free_port() -> int:
 def memory_benchmark(args: argparse.Namespace, rank: int, world_size: int) -> None:
     context = multiprocessing.get_context("spawn")
     results: dict[str, dict[str, float]] = {}
-    for mode in ("fsdp", "ddp"):
+    for mode in MEMORY_MODES:
         port = [free_port() if rank == 0 else 0]
         dist.broadcast_object_list(port)
         address = f"tcp://{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{port[0]}"
@@ -260,15 +286,18 @@ def memory_benchmark(args: argparse.Namespace, rank: int, world_size: int) -> No
     gathered: list[dict[str, dict[str, float]]] = [{} for _ in range(world_size)]
     dist.all_gather_object(gathered, results)
     if rank == 0:
+        units = {mode: gathered[0][mode]["units"] for mode in MEMORY_MODES}
         print(f"(b) memory per process after one step, {world_size} processes (MiB; RSS above the baseline)")
+        print(f"  FSDP units, the root included: default {units['fsdp']}, one unit {units['fsdp-1-unit']}")
         columns = ("params", "grads", "optimizer", "held", "peak", "after")
-        print(f"  {'':<5} {'rank':>4} " + " ".join(f"{name:>9}" for name in columns))
-        for mode in ("fsdp", "ddp"):
+        print(f"  {'':<11} {'rank':>4} " + " ".join(f"{name:>9}" for name in columns))
+        for mode in MEMORY_MODES:
             for index, result in enumerate(gathered):
-                print(f"  {mode:<5} {index:>4} " + " ".join(f"{result[mode][name] / MIB:9.1f}" for name in columns))
-        for key, label in (("held", "held tensor bytes"), ("peak", "peak RSS"), ("after", "RSS after the step")):
-            ratio = max(r["fsdp"][key] for r in gathered) / max(r["ddp"][key] for r in gathered)
-            print(f"  FSDP2 / DDP, {label} (max over ranks): {ratio:.2f}")
+                print(f"  {mode:<11} {index:>4} " + " ".join(f"{result[mode][name] / MIB:9.1f}" for name in columns))
+        for mode in ("fsdp", "fsdp-1-unit"):
+            for key, label in (("held", "held tensor bytes"), ("peak", "peak RSS"), ("after", "RSS after the step")):
+                ratio = max(r[mode][key] for r in gathered) / max(r["ddp"][key] for r in gathered)
+                print(f"  {mode} / DDP, {label} (max over ranks): {ratio:.2f}")
 
 
 def main() -> None:

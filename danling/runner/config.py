@@ -178,8 +178,13 @@ class Config(chanfig.Config):
     subclass of a platform's runner (`TorchRunner`, `FSDPRunner`, ...) refuses another platform (`auto`/`torch`
     aside): subclass `Runner` to choose the platform by config."""
     fsdp_units: list[str] | None = None
-    """FSDP: class names of the submodules to shard as units (`["TransformerBlock"]`); `None` shards each direct
-    child that holds parameters."""
+    """FSDP: class names of the submodules to shard as units (`["TransformerBlock"]`), nested ones included; `None`
+    picks the smallest subtrees holding at least `fsdp_min_unit_params` parameters."""
+    fsdp_min_unit_params: int = 1_000_000
+    """FSDP: the fewest parameters a unit holds when `fsdp_units` is `None` (the chosen units are logged at start)."""
+    fsdp_output_precision: str | None = "fp32"
+    """FSDP under `precision` `bf16`/`fp16`: the precision the model's outputs are cast to before the criterion
+    (`"fp32"`, `"bf16"`, `"fp16"`); `None` leaves them in the compute precision."""
     reshard_after_forward: bool | None = None
     """FSDP: free gathered parameters after forward (less memory, one more all-gather in backward); `None` is FSDP's
     default."""

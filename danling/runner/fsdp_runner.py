@@ -43,11 +43,14 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
     `__init__` as for `TorchRunner`; `__post_init__` shards the model with `fully_shard` and points the optimizer
     at the sharded parameters. It runs on one process too (a single-process group is created).
 
-    Sharding units: by default each direct child holding parameters, then the root. Name other units with
-    `config.fsdp_units` (class names, such as `["TransformerBlock"]`) or override
-    [`sharding_units`][danling.runner.fsdp_runner.FSDPRunner.sharding_units]. `config.reshard_after_forward`
+    Sharding units: by default the smallest subtrees holding at least `config.fsdp_min_unit_params` parameters,
+    then the root; the units are logged at start. Name other units with `config.fsdp_units` (class names, such as
+    `["TransformerBlock"]`; nested ones too) or override
+    [`sharding_units`][danling.runner.fsdp_runner.FSDPRunner.sharding_units]. The mesh is on `device`
+    (`config.device="cpu"` keeps a GPU machine's model on the CPU, over `gloo`). `config.reshard_after_forward`
     (default: FSDP's) trades memory for a second all-gather in backward. `config.precision` of `bf16`/`fp16`
-    becomes FSDP's `MixedPrecisionPolicy` (gradients reduced in fp32).
+    becomes FSDP's `MixedPrecisionPolicy` (gradients reduced in fp32, outputs cast to
+    `config.fsdp_output_precision`, fp32 by default).
 
     Unlike `TorchRunner`, `save_checkpoint` is collective: every process writes its shards.
     """
@@ -59,38 +62,60 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
 
     # Model
 
-    def sharding_units(self, model: nn.Module) -> list[nn.Module] | None:
-        """Submodules to shard as their own units (before the root); `None` for each direct child with parameters.
+    def sharding_units(self, model: nn.Module) -> list[nn.Module]:
+        """Submodules to shard as their own units (before the root), deepest first.
 
-        The default reads `config.fsdp_units`, a list of class names.
+        The default reads `config.fsdp_units`, a list of class names (units may nest: each is sharded); without it,
+        the smallest subtrees that hold at least `config.fsdp_min_unit_params` parameters.
         """
         names = self.config.get("fsdp_units")
+        min_params = self.config.get("fsdp_min_unit_params", fsdp_utils.DEFAULT_MIN_UNIT_PARAMS)
         if not names:
-            return None
+            return fsdp_utils.sharding_units(model, min_params=min_params)
         names = set(names)
         units = [module for module in model.modules() if type(module).__name__ in names and module is not model]
         if not units:
             raise ValueError(f"config.fsdp_units {sorted(names)} names no submodule of {type(model).__name__}")
-        return units
+        return fsdp_utils.sharding_units(model, units)
 
     def wrap_model(self) -> None:
-        """Shard the model (and the EMA's copy alike), then point the optimizer at the sharded parameters."""
+        """Shard the model (and the EMA's copy alike) over a mesh on `device`, then point the optimizer at the
+        sharded parameters.
+
+        Raises:
+            ValueError: If the EMA holds no copy of the model FSDP can shard (see `ema_model_copy`).
+        """
         model = self.model
         if not isinstance(model, nn.Module) or fsdp_utils.fsdp_modules(model):
             return
+        ema: Any = self.ema
+        ema_copy = ema_model_copy(ema) if ema is not None else None
+        if ema is not None and ema_copy is None:
+            raise ValueError(
+                f"an EMA of type {type(ema).__name__} cannot be sharded by FSDP (it holds no copy of the model as an "
+                "nn.Module); use torch.optim.swa_utils.AveragedModel (with get_ema_multi_avg_fn), or an nn.Module "
+                "that holds its copy as `.module` and updates it with `update(model)`, as timm's ModelEmaV2 does"
+            )
         # Processes seed differently (by rank), so their initial weights differ; DDP would broadcast rank 0's.
         du.broadcast_module(model)
         names = {id(parameter): name for name, parameter in model.named_parameters()}
+        device = self.device
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # FSDP works on the current device of a CUDA mesh
         options = {
-            "mp_policy": fsdp_utils.mixed_precision_policy(self.config.precision),
+            "mesh": fsdp_utils.device_mesh(device),
+            "mp_policy": fsdp_utils.mixed_precision_policy(
+                self.config.precision, self.config.get("fsdp_output_precision", "fp32")
+            ),
             "reshard_after_forward": self.config.get("reshard_after_forward"),
         }
-        fsdp_utils.shard_model(model, self.sharding_units(model), **options)
+        units = self.sharding_units(model)
+        print(f"FSDP units of {type(model).__name__}, deepest first:\n{fsdp_utils.unit_summary(model, units)}")
+        fsdp_utils.shard_model(model, units, **options)
         self.broadcast_ema()
-        ema: Any = self.ema
-        if isinstance(ema, torch.optim.swa_utils.AveragedModel):
+        if ema_copy is not None:
             # Sharded like the model, the EMA averages shard by shard with no communication.
-            fsdp_utils.shard_model(ema.module, self.sharding_units(ema.module), **options)
+            fsdp_utils.shard_model(ema_copy, self.sharding_units(ema_copy), **options)
         if self.optimizer is not None:
             _rebind_optimizer(self.optimizer, names, dict(model.named_parameters()))
 
@@ -113,8 +138,8 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
 
     def evaluation_context(self, model: nn.Module) -> Any:
         """Full parameters on every process, so processes may evaluate different numbers of batches."""
-        root = model.module if isinstance(model, torch.optim.swa_utils.AveragedModel) else model
-        if not fsdp_utils.fsdp_modules(root):
+        root = model if fsdp_utils.fsdp_modules(model)[:1] == [model] else ema_model_copy(model)
+        if root is None or not fsdp_utils.fsdp_modules(root):
             return nullcontext()
         return fsdp_utils.unsharded(root, self.config.get("reshard_after_forward"))
 
@@ -128,7 +153,7 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
         """The DCP state: model and optimizer (and the EMA), keyed by parameter name so any world size loads it."""
         state: dict[str, Any] = {"model": dcp.ModelOptimizerState(self.model, self.optimizer)}  # type: ignore[arg-type]
         ema: Any = self.ema
-        if isinstance(ema, torch.optim.swa_utils.AveragedModel):
+        if ema is not None:
             state["ema"] = dcp.ModelOptimizerState(ema)
         return state
 
@@ -144,14 +169,17 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
         """
         epochs = self.config.epochs if epochs is None else epochs
         shards = os.path.join(self.checkpoint_dir, self.checkpoint_states_dir)
-        tag = None
-        if self.is_main_process:
+
+        def start() -> str:
             tag = fresh_tag(shards, name, self.config.steps)
             os.makedirs(os.path.join(shards, tag))
             # Other processes' entries come from the loop's snapshot: nothing to gather here.
             save(self.state_dict(), os.path.join(shards, tag, RUN_STATE_FILE))
-        # The main process's name, sent once the directory exists (on a shared filesystem) for every process.
-        tag = self.broadcast_object(tag)
+            return tag
+
+        # The main process's name, sent once the directory exists (on a shared filesystem) for every process; if it
+        # fails to make it (a full disk), every process raises instead of waiting for the name.
+        tag = self.run_on_main_process(start, f"checkpoint {name} was not started")
         dcp.dcp_save(self.sharded_state(), os.path.join(shards, tag))
         # dcp_save returns on the main process after it wrote `.metadata`, which it does once every process has
         # finished: the checkpoint is complete, and pointing at it is safe. Every process waits for the pointers,
@@ -188,9 +216,17 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
         """
         if self.model is None:
             raise ValueError("model is not defined: assign self.model before loading a checkpoint")
-        state = self.read_checkpoint_file(checkpoint, **kwargs)
-        if "dcp" not in state:
-            raise ValueError("an FSDP runner loads DCP checkpoints; use load_pretrained for plain model weights")
+        if isinstance(checkpoint, Mapping):
+            state = checkpoint
+            if "dcp" not in state:
+                raise ValueError("an FSDP runner loads DCP checkpoints; use load_pretrained for plain model weights")
+            # Read by each process on its own (at construction, from a pointer that may have moved since): all
+            # load what the main process read, which this process reads again if its own was another.
+            directory = self.broadcast_object(state["dcp"])
+            if os.path.normpath(directory) != os.path.normpath(state["dcp"]):
+                state = self.read_checkpoint_file(directory, **kwargs)
+        else:
+            state = self.read_checkpoint_file(self.resolve_on_main_process(os.fsdecode(checkpoint)), **kwargs)
         self.load_state_dict(state)
         dcp.dcp_load(self.sharded_state(), state["dcp"])
         if not isinstance(checkpoint, Mapping):
@@ -204,7 +240,8 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
             raise ValueError("model is not defined: assign self.model before loading pretrained weights")
         path = os.fsdecode(checkpoint) if not isinstance(checkpoint, Mapping) else None
         if path is not None and (self.is_checkpoint(path) or os.path.isdir(path)):
-            dcp.dcp_load({"model": dcp.ModelOptimizerState(self.model)}, resolve_checkpoint(path))
+            directory = self.resolve_on_main_process(path)
+            dcp.dcp_load({"model": dcp.ModelOptimizerState(self.model)}, directory)
             return
         full = extract_model_state(super().read_checkpoint_file(checkpoint, **kwargs))
         set_model_state_dict(self.model, dict(full), options=StateDictOptions(full_state_dict=True))
@@ -232,6 +269,17 @@ def consolidate_checkpoint(checkpoint: str, output: str, ema: bool = False) -> s
         weights = {name[len("module.") :]: value for name, value in weights.items() if name.startswith("module.")}
     save(weights, output)
     return output
+
+
+def ema_model_copy(ema: Any) -> nn.Module | None:
+    """The EMA's copy of the model, which FSDP shards like the model: `ema.module` when `ema` is an `nn.Module`
+    holding one (`torch.optim.swa_utils.AveragedModel`, timm's `ModelEmaV2`); `None` for any other EMA.
+
+    The EMA is saved whole (its `state_dict`, through DCP) and updated with its own `update_parameters(model)` or
+    `update(model)`, shard by shard: both copies are sharded alike, so their entries line up.
+    """
+    module = getattr(ema, "module", None)
+    return module if isinstance(ema, nn.Module) and isinstance(module, nn.Module) else None
 
 
 def _rebind_optimizer(optimizer: Any, names: Mapping[int, str], sharded: Mapping[str, nn.Parameter]) -> None:

@@ -14,12 +14,14 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..utils.io import CorruptFileError, atomic_write
+from ..utils.io import CorruptFileError, atomic_write, fsync_dir
 from .checkpoint import checkpoint_roles, prune_epoch_checkpoints
 
 __all__ = ["PointedCheckpoints", "durable_size", "fresh_tag", "point", "remove_unreferenced", "resolve_checkpoint"]
+
+T = TypeVar("T")
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -101,23 +103,43 @@ class PointedCheckpoints:
 
         def broadcast_object(self, obj: Any, src: int = 0) -> Any: ...
 
+    def run_on_main_process(self, function: Callable[[], T], failure: str) -> T:
+        """`function()` run on the main process, returned on every process. Collective.
+
+        A failure on the main process is raised there and, as a `RuntimeError` starting with `failure` and naming
+        the error, on every other process: none is left waiting in its next collective.
+        """
+        result: T | None = None
+        error: BaseException | None = None
+        if self.is_main_process:
+            try:
+                result = function()
+            # Whatever it is, the other processes must hear of it before the main process raises it.
+            except BaseException as raised:
+                error = raised
+        message = None if error is None else f"{type(error).__name__}: {error}"
+        result, message = self.broadcast_object((result, message))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RuntimeError(f"{failure}: the main process failed: {message}")
+        return result  # type: ignore[return-value]
+
     def finish_on_main_process(self, tag: str, finish: Callable[[], None]) -> None:
         """Run `finish` (complete and publish checkpoint `tag`) on the main process; every process returns after it.
 
         Collective. A failure on the main process is raised there and, as a `RuntimeError` naming it, on every other
         process: none is left waiting in its next collective, and none reads `latest` before it names `tag`.
         """
-        failure: BaseException | None = None
-        if self.is_main_process:
-            try:
-                finish()
-            except BaseException as error:
-                failure = error
-        failed = self.broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}")
-        if failure is not None:
-            raise failure
-        if failed is not None:
-            raise RuntimeError(f"checkpoint {tag} is incomplete: the main process failed to finish it: {failed}")
+        self.run_on_main_process(finish, f"checkpoint {tag} is incomplete")
+
+    def resolve_on_main_process(self, path: str) -> str:
+        """The directory the pointer `path` names (or `path`, a directory) as the main process reads it, on every
+        process. Collective.
+
+        Resolved once, so every process loads the same checkpoint even if the pointer moves meanwhile.
+        """
+        return self.run_on_main_process(lambda: resolve_checkpoint(path), f"checkpoint {path!r} cannot be read")
 
     def publish_checkpoint(self, name: str, tag: str, epochs: int, save_best: bool) -> None:
         """Point `{name}` at the complete checkpoint `tag`, and `epoch-{epochs}`/`best` when due; main process only.
@@ -127,6 +149,11 @@ class PointedCheckpoints:
         """
         checkpoint_dir, extension = self.checkpoint_dir, self.checkpoint_extension
         target = os.path.join(self.checkpoint_states_dir, tag)
+        # The checkpoint's entries, its own entry and its parent's reach the disk before any pointer names it, so a
+        # power loss cannot leave a pointer to a directory that lost files (or was never recorded).
+        states = os.path.join(checkpoint_dir, self.checkpoint_states_dir)
+        for directory in (os.path.join(checkpoint_dir, target), states, checkpoint_dir):
+            fsync_dir(directory)
         point(checkpoint_dir, name, target, extension)
         snapshot, scored = checkpoint_roles(self.config, self._position, epochs)
         if snapshot:

@@ -3,20 +3,29 @@
 
 from __future__ import annotations
 
+import copy
+import gc
 import json
 import os
+import signal
 import subprocess
 import sys
+import types
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import distributed as dist
 from torch import nn
 from toys import ResumableRunner, classification_data, make_config
 
+import danling as dl
 from danling.runner.dcp import checkpoint_complete
 from danling.runner.fsdp_runner import FSDPRunner, resolve_checkpoint
+from danling.runner.fsdp_utils import sharding_units
+from danling.runner.pointers import PointedCheckpoints
 from danling.utils.io import CorruptFileError
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "fsdp_scenarios.py"
@@ -309,3 +318,299 @@ def test_a_sigkill_during_a_dcp_save_leaves_latest_loadable_and_the_resumed_run_
     named = set(pointers(checkpoint_dir).values())
     left = {os.path.normpath(path) for path in (checkpoint_dir / "dcp").iterdir()}
     assert left == named and all(checkpoint_complete(path) == [] for path in left)
+
+
+# A failure, or a moved pointer, on one process only.
+
+
+def run_with_deadline(tmp_path: Path, scenario: str, deadline: float = 60) -> list[dict]:
+    """Run a scenario on 2 processes in its own session, killed whole after `deadline` seconds: a hang fails."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT)]
+    command += [scenario, str(tmp_path), str(tmp_path / "experiments")]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    ) as process:
+        try:
+            output, _ = process.communicate(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
+            process.communicate()
+            pytest.fail(f"{scenario} did not finish within {deadline} s: a process was left waiting")
+    assert process.returncode == 0, output
+    return [torch.load(tmp_path / f"{scenario}-rank{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+def test_a_save_the_main_process_fails_to_start_raises_on_every_process(tmp_path):
+    first, second = run_with_deadline(tmp_path, "save-failure")
+    # The main process's own error; the other process is told of it instead of waiting for the checkpoint's name.
+    assert first["error"] == "OSError: no space left on device", first["error"]
+    assert second["error"].startswith("RuntimeError: checkpoint latest was not started: the main process failed")
+    assert second["error"].endswith("OSError: no space left on device"), second["error"]
+    # The first epoch's checkpoint (6 steps) is still `latest`.
+    assert first["latest"] == second["latest"] == "dcp/latest-s6-1"
+
+
+def test_every_process_loads_the_checkpoint_the_main_process_read_even_if_the_pointer_moved(tmp_path):
+    reports = run_with_deadline(tmp_path, "moved-pointer")
+    latest, earlier = reports[0]["checkpoints"]["latest"], reports[0]["checkpoints"]["epoch-0"]
+    assert any(not torch.equal(latest[key], earlier[key]) for key in latest)
+    for report in reports:
+        # Both processes resumed from the checkpoint `latest.dcp` named when the main process read it.
+        assert report["steps"] == 12
+        assert_close(report["model"], latest, atol=0)
+
+
+# Sharding units, chosen without a process group.
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(x)
+
+
+class Block(nn.Module):
+    """72 parameters in `attn`, 72 in `mlp`: 144 in all."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.attn = Attention(width)
+        self.mlp = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(torch.tanh(self.attn(x)))
+
+
+class Stack(nn.Module):
+    """Blocks inside one container (a `Sequential`, or a `ModuleList` that has no forward), then a 27-parameter head."""
+
+    def __init__(self, blocks: int = 4, container: type[nn.Module] = nn.Sequential) -> None:
+        super().__init__()
+        self.layers = (
+            container(*[Block() for _ in range(blocks)])
+            if container is nn.Sequential
+            else container([Block() for _ in range(blocks)])
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.layers:
+            x = block(x)
+        return self.head(x)
+
+
+def names(model: nn.Module, units: list[nn.Module]) -> list[str]:
+    qualified = {id(module): name for name, module in model.named_modules()}
+    return [qualified[id(unit)] for unit in units]
+
+
+def test_nested_units_are_each_sharded_the_inner_one_first():
+    model = Stack(blocks=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nesting is not sharing: nothing is dropped, nothing is warned about
+        units = sharding_units(model, [Block, Attention])
+    assert names(model, units) == ["layers.1.attn", "layers.1", "layers.0.attn", "layers.0"]
+
+
+def test_units_that_share_a_parameter_are_dropped_with_a_warning_naming_them():
+    model = Stack(blocks=2)
+    model.layers[0].mlp.weight = model.layers[1].mlp.weight  # tied across two blocks neither inside the other
+    with pytest.warns(RuntimeWarning, match=r"layers\.0, layers\.1"):
+        units = sharding_units(model, [Block, Attention])
+    # The blocks' own attention layers share nothing and stay units; the tied weight goes to the root.
+    assert names(model, units) == ["layers.1.attn", "layers.0.attn"]
+
+
+@pytest.mark.parametrize("container", [nn.Sequential, nn.ModuleList])
+def test_default_units_are_the_smallest_subtrees_holding_min_params(container):
+    model = Stack(blocks=4, container=container)
+    # Each block holds 144 parameters; its attention (one Linear) 72, its mlp 72; the head 27; the container 576.
+    assert names(model, sharding_units(model, min_params=100)) == [f"layers.{i}" for i in (3, 2, 1, 0)]
+    assert names(model, sharding_units(model, min_params=50)) == [
+        f"layers.{i}.{part}" for i in (3, 2, 1, 0) for part in ("mlp", "attn.proj")
+    ]
+    # A Sequential of blocks too small to be units is one; a ModuleList (no forward) never is: the root takes it.
+    expected = ["layers"] if container is nn.Sequential else []
+    assert names(model, sharding_units(model, min_params=500)) == expected
+    assert sharding_units(model, min_params=10_000) == []
+
+
+# FSDP on one process, in this process.
+
+
+@pytest.fixture
+def own_process_group():
+    """Leave no process group (or torchrun variable) behind: FSDP makes one even on one process."""
+    environ = dict(os.environ)
+    yield
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(environ)
+
+
+class DtypeRecorder(nn.CrossEntropyLoss):
+    """Cross-entropy that records the dtype of every prediction it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.dtypes.add(input.dtype)
+        return super().forward(input.float(), target)
+
+
+class ModuleEma(nn.Module):
+    """An EMA in the style of timm's `ModelEmaV2`: a copy of the model as `.module`, updated by `update(model)`."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(model)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for average, current in zip(self.module.state_dict().values(), model.state_dict().values()):
+            average.copy_(average * self.decay + (1 - self.decay) * current)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+class StackRunner(dl.Runner):
+    """`Stack` on 8-feature, 3-class data; `config.ema` picks the EMA: `module` (`ModuleEma`), `plain` or none."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = Stack(blocks=2)
+        self.criterion = DtypeRecorder()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        self.datasets.train = classification_data(32, seed=0)
+        if self.config.get("ema") == "module":
+            self.ema = ModuleEma(self.model)
+        elif self.config.get("ema") == "plain":
+            self.ema = types.SimpleNamespace(update=lambda model: None, state_dict=dict)
+
+
+def fsdp_config(root: Path, **kwargs) -> dl.Config:
+    return make_config(root, platform="fsdp", epoch_end=1, **kwargs)
+
+
+def test_nested_fsdp_units_named_in_the_config_are_each_sharded_and_logged(tmp_path, own_process_group, capsys):
+    from torch.distributed.fsdp import FSDPModule
+
+    runner = StackRunner(fsdp_config(tmp_path, fsdp_units=["Block", "Attention"], save_checkpoints=False))
+    model = runner.model
+    for block in model.layers:
+        assert isinstance(block, FSDPModule) and isinstance(block.attn, FSDPModule)
+    assert not isinstance(model.layers, FSDPModule) and not isinstance(model.head, FSDPModule)
+    output = capsys.readouterr().out
+    # Each unit with the parameters it manages itself: a block's attention is not counted in the block.
+    assert "layers.0.attn (Attention): 72 parameters" in output and "layers.0 (Block): 72 parameters" in output
+    assert "(root) (Stack): 27 parameters" in output
+    runner.train()
+
+
+def test_fsdp_default_units_open_a_container_of_blocks(tmp_path, own_process_group):
+    from torch.distributed.fsdp import FSDPModule
+
+    runner = StackRunner(fsdp_config(tmp_path, fsdp_min_unit_params=100, save_checkpoints=False))
+    assert all(isinstance(block, FSDPModule) for block in runner.model.layers)
+    assert not isinstance(runner.model.layers, FSDPModule)
+
+
+@pytest.mark.parametrize(("output_precision", "expected"), [("fp32", torch.float32), (None, torch.bfloat16)])
+def test_fsdp_under_bf16_gives_the_criterion_fp32_predictions_by_default(
+    tmp_path, own_process_group, output_precision, expected
+):
+    config = fsdp_config(tmp_path, precision="bf16", fsdp_output_precision=output_precision, save_checkpoints=False)
+    config.fsdp_units = ["Block"]  # units, so only the root is to cast what leaves the model
+    runner = StackRunner(config)
+    runner.train()
+    assert runner.criterion.dtypes == {expected}
+
+
+def test_fsdp_shards_an_ema_module_like_the_model_and_saves_it(tmp_path, own_process_group):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    fsdp = StackRunner(fsdp_config(tmp_path / "fsdp", ema="module"))
+    assert all(isinstance(p, DTensor) for p in fsdp.ema.module.parameters())
+    fsdp.train()
+    plain = StackRunner(make_config(tmp_path / "torch", epoch_end=1, ema="module"))
+    plain.train()
+    options = StateDictOptions(full_state_dict=True)
+    averaged = get_model_state_dict(fsdp.ema.module, options=options)
+    assert_close(averaged, plain.ema.module.state_dict(), atol=1e-6)
+    assert any(not torch.equal(averaged[k], plain.model.state_dict()[k]) for k in averaged)  # it is an average
+    resumed = StackRunner.from_checkpoint(os.path.join(fsdp.checkpoint_dir, "latest.dcp"))
+    assert_close(get_model_state_dict(resumed.ema.module, options=options), averaged, atol=0)
+
+
+def test_fsdp_refuses_an_ema_it_cannot_shard_naming_what_works(tmp_path, own_process_group):
+    with pytest.raises(ValueError, match=r"EMA of type SimpleNamespace cannot be sharded.*AveragedModel.*\.module"):
+        StackRunner(fsdp_config(tmp_path, ema="plain"))
+
+
+def test_fsdp_mesh_is_on_the_runner_device(tmp_path, own_process_group):
+    runner = StackRunner(fsdp_config(tmp_path, save_checkpoints=False))
+    assert {p.device_mesh.device_type for p in runner.model.parameters()} == {runner.device.type}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fsdp_keeps_the_model_on_the_cpu_of_a_gpu_machine_when_asked(tmp_path, own_process_group):
+    runner = StackRunner(fsdp_config(tmp_path, device="cpu"))
+    assert runner.device == torch.device("cpu") and dist.get_backend() == "gloo"
+    assert {p.device_mesh.device_type for p in runner.model.parameters()} == {"cpu"}
+    assert {p.to_local().device.type for p in runner.model.parameters()} == {"cpu"}
+    runner.train()
+    assert runner.config.steps == 4
+
+
+# Durability of published checkpoints.
+
+
+class Publisher(PointedCheckpoints):
+    """What `publish_checkpoint` reads of a runner, and nothing else."""
+
+    checkpoint_extension = ".dcp"
+    checkpoint_states_dir = "dcp"
+    is_best = False
+    is_main_process = True
+    _position = None
+
+    def __init__(self, checkpoint_dir: str) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self.config = dl.Config()
+
+
+def test_a_checkpoint_directory_reaches_the_disk_before_a_pointer_names_it(tmp_path, monkeypatch):
+    checkpoint_dir = tmp_path / "checkpoints"
+    (checkpoint_dir / "dcp" / "latest-s1-1").mkdir(parents=True)
+    (checkpoint_dir / "dcp" / "latest-s1-1" / "shard").write_bytes(b"x")
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, destination) -> None:
+        events.append(("replace", os.path.realpath(destination)))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    Publisher(str(checkpoint_dir)).publish_checkpoint("latest", "latest-s1-1", epochs=0, save_best=False)
+    switch = events.index(("replace", os.path.realpath(checkpoint_dir / "latest.dcp")))
+    synced = {path for kind, path in events[:switch] if kind == "fsync"}
+    for directory in (checkpoint_dir / "dcp" / "latest-s1-1", checkpoint_dir / "dcp", checkpoint_dir):
+        assert os.path.realpath(directory) in synced, (directory, events)
+    assert os.path.samefile(resolve_checkpoint(str(checkpoint_dir / "latest.dcp")), checkpoint_dir / "dcp/latest-s1-1")

@@ -7,6 +7,11 @@ Usage: fsdp_scenarios.py SCENARIO OUTPUT ROOT [EPOCHS]
 - `single`: one process: training, `from_checkpoint`, `load_pretrained` from DCP and from a consolidated file.
 - `train`: FSDP (or PLATFORM, the 5th argument) training to EPOCHS, resuming with `resume=True` if the run has a
   checkpoint, with a global batch of 16 whatever the number of processes.
+- `save-failure`: the main process fails (a full disk) to write the run state of the second save, before the
+  checkpoint's name reaches the other processes: each records the error `train` raised and what `latest` names.
+- `moved-pointer`: two complete checkpoints; a run resumes from `latest.dcp`, which another run re-points at the
+  other checkpoint after the main process read it and before process 1 does: each records the steps it resumed at
+  and the full weights it loaded, with the full weights of both checkpoints.
 - `oracle`: FSDP runs that record, at every optimizer step, the samples each process trained on and the full
   (gathered) parameters and gradients, for the test to recompute on one process with plain torch: `clip` (batch 8,
   clipping active), `accumulate` (micro-batches of 4, accumulated over 2) and `large` (batches of 8).
@@ -15,8 +20,10 @@ Usage: fsdp_scenarios.py SCENARIO OUTPUT ROOT [EPOCHS]
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -115,6 +122,38 @@ class SyncedRunner(RecordingRunner):
         return contextlib.nullcontext()
 
 
+class FullDiskRunner(ResumableRunner):
+    """`ResumableRunner` whose main process cannot write the run state of its second save (the disk is full)."""
+
+    saves = 0
+
+    def state_dict(self, *args, **kwargs):
+        self.saves += 1
+        if self.is_main_process and self.saves == 2:
+            raise OSError("no space left on device")
+        return super().state_dict(*args, **kwargs)
+
+
+class MovedPointerRunner(ResumableRunner):
+    """`ResumableRunner` whose process 1 reads its checkpoint after another run re-pointed `latest.dcp`.
+
+    The main process reads `config.checkpoint` right after `init_distributed`; process 1 waits, then (standing in
+    for a run that saves into the same directory) points `latest.dcp` at `config.moved_to` before it reads.
+    """
+
+    def init_distributed(self):
+        super().init_distributed()
+        if self.rank == 1:
+            time.sleep(2)
+            with dl.utils.io.atomic_write(self.config.checkpoint, "w") as file:
+                json.dump({"path": self.config.moved_to}, file)
+
+
+def read_pointer(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)["path"]
+
+
 def main() -> None:
     scenario, output, root = sys.argv[1], sys.argv[2], sys.argv[3]
     rank = int(os.environ.get("RANK", "0"))
@@ -181,6 +220,30 @@ def main() -> None:
 
             latest = os.path.join(runner.checkpoint_dir, "latest.dcp")
             report["consolidated"] = dl.load(consolidate_checkpoint(latest, os.path.join(output, "model.pth")))
+    elif scenario == "save-failure":
+        runner = FullDiskRunner(make_config(root, platform="fsdp", epoch_end=2, **SAMPLES))
+        try:
+            runner.train()
+        except (OSError, RuntimeError) as error:
+            report["error"] = f"{type(error).__name__}: {error}"
+        report["latest"] = read_pointer(os.path.join(runner.checkpoint_dir, "latest.dcp"))
+    elif scenario == "moved-pointer":
+        from danling.runner.dcp import dcp_to_full_state_dict
+
+        first = ResumableRunner(make_config(root, platform="fsdp", epoch_end=2, save_interval=1, **SAMPLES))
+        first.train()  # epoch-0.dcp names the first epoch's checkpoint, latest.dcp the second's
+        checkpoints = first.checkpoint_dir
+        targets = {name: read_pointer(os.path.join(checkpoints, f"{name}.dcp")) for name in ("epoch-0", "latest")}
+        report["checkpoints"] = {
+            name: dcp_to_full_state_dict(os.path.join(checkpoints, target), keys=["model"])["model"]["model"]
+            for name, target in targets.items()
+        }
+        torch.distributed.barrier()
+        config = make_config(root, platform="fsdp", epoch_end=2, **SAMPLES)
+        config.checkpoint, config.moved_to = os.path.join(checkpoints, "latest.dcp"), targets["epoch-0"]
+        resumed = MovedPointerRunner(config)
+        report["steps"] = resumed.config.steps
+        report["model"] = full(resumed)["model"]
     elif scenario == "oracle":
         # One epoch of 96 samples on 2 processes: 6 steps of 16 samples, as 2 batches of 8 or 4 micro-batches of 4.
         runs = {
