@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
-__all__ = ["PREEMPTION_SIGNALS", "Preempted", "PreemptionWatcher"]
+import torch
+
+from ..utils import distributed as du
+
+__all__ = ["PREEMPTION_SIGNALS", "Preempted", "PreemptionAgreement", "PreemptionWatcher"]
 
 PREEMPTION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
 """Signals that request a clean stop: SIGTERM (sent by schedulers and `torchrun`) and SIGUSR1 (sent by SLURM
@@ -61,3 +67,53 @@ class PreemptionWatcher:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+class PreemptionAgreement:
+    """Whether any of several processes received a preemption signal, agreed one optimizer step late.
+
+    Every process calls [`poll`][danling.runner.preemption.PreemptionAgreement.poll] at every optimizer step, so
+    the same number of times: it takes the maximum of the flags started at the previous call, and, unless that
+    found a signal, starts the next one over the flag it is given, without waiting for it. Every process thus
+    learns of a signal at the same step, at most two steps after it reached any of them, and no step waits for
+    the others: by the next step the exchange is long done, since the processes met in that step's gradient
+    reduction. The exchange runs on a `gloo` group of its own ([`host_group`][danling.utils.distributed.host_group]),
+    so it never touches the GPU nor queues behind the collectives of training.
+    """
+
+    def __init__(self) -> None:
+        self._group = du.host_group()
+        self._flag = torch.zeros(1, dtype=torch.int64)
+        self._pending: Any = None
+        self.agreed: int | None = None
+
+    def poll(self, received: int | None) -> int | None:
+        """The signal some process received, once all processes know of it; `received` is this process's own."""
+        if self.agreed is not None:
+            return self.agreed
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+            self.agreed = int(self._flag.item()) or None
+            if self.agreed is not None:
+                return self.agreed
+        self._flag.fill_(received or 0)
+        self._pending = du.all_reduce_max_async(self._flag, self._group)
+        return None
+
+    def close(self, timeout: float | None = None) -> None:
+        """Wait for the exchange still running, if any, so no collective outlives training.
+
+        Every process started it, and finishes it here, when training ends normally. After an error, the others
+        may never start it (they failed elsewhere): `timeout` seconds bound the wait, and a wait that times out is
+        given up, since the error being raised is what matters.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if timeout is None:
+            pending.wait()
+            return
+        # gloo reports a wait that timed out (the peers failed before starting it) as a RuntimeError.
+        with contextlib.suppress(RuntimeError):
+            pending.wait(timedelta(seconds=timeout))
