@@ -20,12 +20,12 @@ from toys import ResumableRunner, SlowRunner, final_state, make_config
 
 from danling.runner.preemption import Preempted
 
-# 2 processes with batches of 8: 64 optimizer steps in the epoch, which at 0.3 s each lasts about 20 s.
-SETTINGS = {"epoch_end": 1, "samples": 1024, "val_samples": 25, "log_interval": 0}
+# 2 processes with batches of 8: 40 optimizer steps in the epoch, which at 0.5 s each lasts about 20 s.
+SETTINGS = {"epoch_end": 1, "samples": 640, "val_samples": 25, "log_interval": 0}
 
 
 class SlowerRunner(SlowRunner):
-    delay = 0.3
+    delay = 0.5
 
 
 root, mode = sys.argv[1], sys.argv[2]
