@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from datetime import timedelta
 from types import FrameType
 from typing import Any
@@ -70,35 +71,54 @@ class PreemptionWatcher:
 
 
 class PreemptionAgreement:
-    """Whether any of several processes received a preemption signal, agreed one optimizer step late.
+    """Whether any of several processes received a preemption signal, agreed at the same step by all of them.
 
-    Every process calls [`poll`][danling.runner.preemption.PreemptionAgreement.poll] at every optimizer step, so
-    the same number of times: it takes the maximum of the flags started at the previous call, and, unless that
-    found a signal, starts the next one over the flag it is given, without waiting for it. Every process thus
-    learns of a signal at the same step, at most two steps after it reached any of them, and no step waits for
-    the others: by the next step the exchange is long done, since the processes met in that step's gradient
-    reduction. The exchange runs on a `gloo` group of its own ([`host_group`][danling.utils.distributed.host_group]),
-    so it never touches the GPU nor queues behind the collectives of training.
+    Every process calls [`poll`][danling.runner.preemption.PreemptionAgreement.poll] at every optimizer step. Every
+    so many steps, the same on every process, a poll reads the exchange the previous one started and starts the
+    next: each process offers its signal (or 0) and its mean time per step since then, and all of them receive the
+    maxima. The next exchange comes after as many steps as the slowest process takes in `period` seconds, so every
+    process counts the same steps, whatever their clocks say, and a signal is acted on at most two periods (and a
+    step) after it reached any process. No step waits on the others: an exchange is read a whole period after it
+    started, long after every process joined it, and it runs on a `gloo` group of its own
+    ([`host_group`][danling.utils.distributed.host_group]), never on the GPU nor behind the collectives of training.
     """
+
+    period: float = 0.5
+    """Seconds of training between two exchanges, aimed at: short enough to stop long before `torchrun` kills its
+    workers (30 s after its SIGTERM), long enough for the exchange to cost nothing measurable; `0` exchanges at
+    every step."""
 
     def __init__(self) -> None:
         self._group = du.host_group()
-        self._flag = torch.zeros(1, dtype=torch.int64)
+        # What an exchange carries, and then holds: the signal, and the mean microseconds per step.
+        self._exchanged = torch.zeros(2, dtype=torch.int64)
         self._pending: Any = None
+        self._interval = self._steps_left = 1  # the first exchange starts at the first step
+        self._since = time.perf_counter()
         self.agreed: int | None = None
 
     def poll(self, received: int | None) -> int | None:
         """The signal some process received, once all processes know of it; `received` is this process's own."""
         if self.agreed is not None:
             return self.agreed
+        self._steps_left -= 1
+        if self._steps_left > 0:
+            return None
+        now = time.perf_counter()
+        interval = 1  # no step time agreed on yet: read the first exchange at the next step
         if self._pending is not None:
             self._pending.wait()
             self._pending = None
-            self.agreed = int(self._flag.item()) or None
-            if self.agreed is not None:
-                return self.agreed
-        self._flag.fill_(received or 0)
-        self._pending = du.all_reduce_max_async(self._flag, self._group)
+            signum, slowest = self._exchanged.tolist()
+            if signum:
+                self.agreed = signum
+                return signum
+            interval = max(1, int(self.period * 1e6 / max(slowest, 1)))
+        microseconds = round((now - self._since) * 1e6 / self._interval)
+        self._exchanged.copy_(torch.tensor([received or 0, microseconds]))
+        self._pending = du.all_reduce_max_async(self._exchanged, self._group)
+        self._interval = self._steps_left = interval
+        self._since = now
         return None
 
     def close(self, timeout: float | None = None) -> None:

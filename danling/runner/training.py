@@ -281,10 +281,10 @@ class TrainingLoop(StepTraining, RunnerParts):
     def _agreed_preemption_signal(self) -> int | None:
         """The preemption signal to act on at this optimizer step, if any; called at every optimizer step.
 
-        One process acts on its own flag at once. Several exchange their flags at every optimizer step without
-        waiting, and act on the result one step later, all at the same step (see
+        One process acts on its own flag at once. Several exchange their flags every half second or so without
+        waiting, and act on what they received at the same step (see
         [`PreemptionAgreement`][danling.runner.preemption.PreemptionAgreement]): whatever `log_interval`, the
-        save starts within two optimizer steps of the signal, well before `torchrun` kills its workers.
+        save starts about a second after the signal, long before `torchrun` kills its workers.
         """
         watcher = self._preemption
         if watcher is None:

@@ -119,6 +119,14 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path, d
     assert saved["runner"]["steps"] == 6 and "position" in saved
 
 
+def test_processes_with_different_step_times_agree_on_the_step_to_stop_at(tmp_path, distributed_runner):
+    distributed_runner(Path(__file__).parent / "dist_scripts" / "agreement_uneven_clocks.py", str(tmp_path))
+    rank0, rank1 = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    assert rank0["signal"] == rank1["signal"] == signal.SIGTERM
+    # The slower process sets the pace: an exchange every 0.05 s of its steps, about 12, is read 12 steps later.
+    assert rank0["poll"] == rank1["poll"] and 40 < rank0["poll"] <= 40 + 2 * 13, (rank0, rank1)
+
+
 def test_sigterm_to_torchrun_with_logging_off_saves_long_before_its_kill_and_resumes_bitwise(
     tmp_path, distributed_runner
 ):
