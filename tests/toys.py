@@ -110,12 +110,14 @@ class ResumableRunner(dl.Runner):
 
 
 class SlowRunner(ResumableRunner):
-    """`ResumableRunner` that prints each micro-batch and takes a while, so a test can signal it mid-run."""
+    """`ResumableRunner` that prints each micro-batch and sleeps `delay` seconds after it, so a test can signal it."""
+
+    delay = 0.05
 
     def train_step(self, batch):
         loss = super().train_step(batch)
         print(f"iter {self.config.iters}", flush=True)
-        time.sleep(0.05)
+        time.sleep(self.delay)
         return loss
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+import time
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
-__all__ = ["PREEMPTION_SIGNALS", "Preempted", "PreemptionWatcher"]
+import torch
+
+from ..utils import distributed as du
+
+__all__ = ["PREEMPTION_SIGNALS", "Preempted", "PreemptionAgreement", "PreemptionWatcher"]
 
 PREEMPTION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
 """Signals that request a clean stop: SIGTERM (sent by schedulers and `torchrun`) and SIGUSR1 (sent by SLURM
@@ -61,3 +68,72 @@ class PreemptionWatcher:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+class PreemptionAgreement:
+    """Whether any of several processes received a preemption signal, agreed at the same step by all of them.
+
+    Every process calls [`poll`][danling.runner.preemption.PreemptionAgreement.poll] at every optimizer step. Every
+    so many steps, the same on every process, a poll reads the exchange the previous one started and starts the
+    next: each process offers its signal (or 0) and its mean time per step since then, and all of them receive the
+    maxima. The next exchange comes after as many steps as the slowest process takes in `period` seconds, so every
+    process counts the same steps, whatever their clocks say, and a signal is acted on at most two periods (and a
+    step) after it reached any process. No step waits on the others: an exchange is read a whole period after it
+    started, long after every process joined it, and it runs on a `gloo` group of its own
+    ([`host_group`][danling.utils.distributed.host_group]), never on the GPU nor behind the collectives of training.
+    """
+
+    period: float = 0.5
+    """Seconds of training between two exchanges, aimed at: short enough to stop long before `torchrun` kills its
+    workers (30 s after its SIGTERM), long enough for the exchange to cost nothing measurable; `0` exchanges at
+    every step."""
+
+    def __init__(self) -> None:
+        self._group = du.host_group()
+        # What an exchange carries, and then holds: the signal, and the mean microseconds per step.
+        self._exchanged = torch.zeros(2, dtype=torch.int64)
+        self._pending: Any = None
+        self._interval = self._steps_left = 1  # the first exchange starts at the first step
+        self._since = time.perf_counter()
+        self.agreed: int | None = None
+
+    def poll(self, received: int | None) -> int | None:
+        """The signal some process received, once all processes know of it; `received` is this process's own."""
+        if self.agreed is not None:
+            return self.agreed
+        self._steps_left -= 1
+        if self._steps_left > 0:
+            return None
+        now = time.perf_counter()
+        interval = 1  # no step time agreed on yet: read the first exchange at the next step
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+            signum, slowest = self._exchanged.tolist()
+            if signum:
+                self.agreed = signum
+                return signum
+            interval = max(1, int(self.period * 1e6 / max(slowest, 1)))
+        microseconds = round((now - self._since) * 1e6 / self._interval)
+        self._exchanged.copy_(torch.tensor([received or 0, microseconds]))
+        self._pending = du.all_reduce_max_async(self._exchanged, self._group)
+        self._interval = self._steps_left = interval
+        self._since = now
+        return None
+
+    def close(self, timeout: float | None = None) -> None:
+        """Wait for the exchange still running, if any, so no collective outlives training.
+
+        Every process started it, and finishes it here, when training ends normally. After an error, the others
+        may never start it (they failed elsewhere): `timeout` seconds bound the wait, and a wait that times out is
+        given up, since the error being raised is what matters.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if timeout is None:
+            pending.wait()
+            return
+        # gloo reports a wait that timed out (the peers failed before starting it) as a RuntimeError.
+        with contextlib.suppress(RuntimeError):
+            pending.wait(timedelta(seconds=timeout))

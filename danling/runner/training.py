@@ -12,11 +12,10 @@ from warnings import warn
 import torch
 from chanfig import NestedDict
 
-from ..utils import distributed as du
 from .config import interval
 from .meta import RunnerMode
 from .parts import RunnerParts
-from .preemption import Preempted, PreemptionWatcher
+from .preemption import Preempted, PreemptionAgreement, PreemptionWatcher
 from .samplers import TrainingSampler
 from .stepping import StepTraining
 
@@ -35,7 +34,7 @@ class TrainingLoop(StepTraining, RunnerParts):
     _epoch_iteration: int | None = None
     _epoch_length: int | None = None
     _preemption: PreemptionWatcher | None = None
-    _agreed_signal: int | None = None
+    _agreement: PreemptionAgreement | None = None
     # The epoch's result so far, and where inside the epoch a checkpoint being written was taken.
     _epoch_result: NestedDict | None = None
 
@@ -74,7 +73,9 @@ class TrainingLoop(StepTraining, RunnerParts):
         self.write_config_file()
         self.write_run_state("running")
         with PreemptionWatcher() as watcher:
-            self._preemption, self._agreed_signal = watcher, None
+            self._preemption = watcher
+            # Every process creates it here, together: its first use creates a process group, a collective.
+            self._agreement = PreemptionAgreement() if self.distributed else None
             try:
                 if by_steps:
                     end_state = self._train_by_steps(train_splits, evaluate_splits)
@@ -90,8 +91,11 @@ class TrainingLoop(StepTraining, RunnerParts):
                 self._record_failure("crashed", error=f"{type(error).__name__}: {error}")
                 raise
             else:
+                self._close_agreement()
                 self.write_run_state(end_state)
             finally:
+                # After an error the others may never start the exchange this process waits for: wait a little only.
+                self._close_agreement(timeout=10.0)
                 self._preemption = self._epoch_result = None
                 if self.writer is not None:
                     self.writer.flush()
@@ -184,11 +188,8 @@ class TrainingLoop(StepTraining, RunnerParts):
                 self._epoch_iteration = iteration
                 steps = self.config.steps
                 self.train_step(batch)
-                if iteration == length - 1 or (log_interval and iteration % log_interval == 0):
-                    if log_interval:
-                        self.step_log(split, iteration, length - 1)
-                    if self.distributed:
-                        self._agree_on_preemption()
+                if log_interval and (iteration == length - 1 or iteration % log_interval == 0):
+                    self.step_log(split, iteration, length - 1)
                 if self.config.steps != steps:
                     self._after_optimizer_step(split, iteration + 1)
                 if self._reached_end():
@@ -278,27 +279,24 @@ class TrainingLoop(StepTraining, RunnerParts):
             self.write_run_state("running")
 
     def _agreed_preemption_signal(self) -> int | None:
-        """The preemption signal to act on at this optimizer step, if any.
+        """The preemption signal to act on at this optimizer step, if any; called at every optimizer step.
 
-        One process acts on its own flag at the next optimizer step. Several act on the signal they last agreed
-        on (see `_agree_on_preemption`), which every process reaches at the same step.
+        One process acts on its own flag at once. Several exchange their flags every half second or so without
+        waiting, and act on what they received at the same step (see
+        [`PreemptionAgreement`][danling.runner.preemption.PreemptionAgreement]): whatever `log_interval`, the
+        save starts about a second after the signal, long before `torchrun` kills its workers.
         """
         watcher = self._preemption
         if watcher is None:
             return None
-        return self._agreed_signal if self.distributed else watcher.received
+        if self._agreement is None:
+            return watcher.received
+        return self._agreement.poll(watcher.received)
 
-    def _agree_on_preemption(self) -> None:
-        """Let every process learn whether any of them received a preemption signal.
-
-        A collective, so it is held only where the training loop already synchronises: on logging iterations and
-        at the epoch's last one, the same iterations on every process.
-        """
-        watcher = self._preemption
-        if watcher is None or self._agreed_signal is not None:
-            return
-        agreed = int(du.all_reduce_max(torch.tensor([watcher.received or 0])).item())
-        self._agreed_signal = agreed or None
+    def _close_agreement(self, timeout: float | None = None) -> None:
+        agreement, self._agreement = self._agreement, None
+        if agreement is not None:
+            agreement.close(timeout)
 
     def train_step(self, batch: Any) -> torch.Tensor:
         """Forward, loss and [`advance`][danling.TorchRunner.advance] on one micro-batch; returns the loss."""

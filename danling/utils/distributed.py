@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import distributed as dist
 __all__ = [
     "all_gather_object",
     "all_reduce_max",
+    "all_reduce_max_async",
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",
@@ -30,6 +32,7 @@ __all__ = [
     "get_local_rank",
     "get_rank",
     "get_world_size",
+    "host_group",
     "is_distributed",
 ]
 
@@ -83,6 +86,15 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
+def all_reduce_max_async(tensor: torch.Tensor, group: Any) -> dist.Work:
+    """Start the element-wise maximum of the CPU `tensor` over `group`, in place, and return without waiting.
+
+    `tensor` holds the result once the returned work's `wait()` has returned; until then it must not be touched.
+    `group` is a `gloo` group such as [`host_group()`][danling.utils.distributed.host_group].
+    """
+    return dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group, async_op=True)
+
+
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean of `tensor` over every process, returned on the tensor's own device; the input is not modified."""
     if not is_distributed():
@@ -127,6 +139,28 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+# The group `host_group` made, and the default group it was made from: a new default group needs a new one.
+_host_group: tuple[weakref.ref, Any] | None = None
+
+
+def host_group() -> Any:
+    """A `gloo` group of every process, for small flags exchanged on the host; `None` when not distributed.
+
+    Created by the first call while the default group lives, which every process must make at the same point:
+    creating a group is itself a collective. A group of its own, whatever the training backend: with `nccl` its
+    collectives stay off the GPU and its stream; with `gloo` they still never queue behind (nor interleave with)
+    the gradient reductions and gathers of training, so one left running across a step neither waits for the
+    step's collectives nor delays them.
+    """
+    global _host_group
+    if not is_distributed():
+        return None
+    world = dist.group.WORLD
+    if _host_group is None or _host_group[0]() is not world:
+        _host_group = (weakref.ref(world), dist.new_group(backend="gloo"))
+    return _host_group[1]
+
+
 def barrier() -> None:
     """Wait until every process arrives here; a no-op on a single process."""
     if is_distributed():
@@ -153,11 +187,13 @@ def destroy_process_group_at_exit(release: Callable[[], None] | None = None) -> 
 
 
 def _tear_down() -> None:
+    global _host_group
     for release in _teardown_callbacks:
         release()
     _teardown_callbacks.clear()
     # The released wrappers must be gone before the group is, or they keep it alive.
     gc.collect()
+    _host_group = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

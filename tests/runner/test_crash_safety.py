@@ -112,6 +112,58 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path, d
     distributed_runner(Path(__file__).parent / "dist_scripts" / "preempt_two_processes.py", str(tmp_path))
     rank0, rank1 = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
     assert rank0["exit_code"] == rank1["exit_code"] == 128 + signal.SIGTERM
-    assert rank0["steps"] == rank1["steps"] == 5  # the signal came after micro-batch 5 on rank 1 alone
+    # The signal came in step 5 on rank 1 alone: its flag goes into the exchange started at step 5, whose result
+    # every process reads at step 6.
+    assert rank0["steps"] == rank1["steps"] == 6
     saved = dl.load(rank0["latest"])
-    assert saved["runner"]["steps"] == 5 and "position" in saved
+    assert saved["runner"]["steps"] == 6 and "position" in saved
+
+
+def test_processes_with_different_step_times_agree_on_the_step_to_stop_at(tmp_path, distributed_runner):
+    distributed_runner(Path(__file__).parent / "dist_scripts" / "agreement_uneven_clocks.py", str(tmp_path))
+    rank0, rank1 = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    assert rank0["signal"] == rank1["signal"] == signal.SIGTERM
+    # The slower process sets the pace: an exchange every 0.05 s of its steps, about 12, is read 12 steps later.
+    assert rank0["poll"] == rank1["poll"] and 40 < rank0["poll"] <= 40 + 2 * 13, (rank0, rank1)
+
+
+def test_sigterm_to_torchrun_with_logging_off_saves_long_before_its_kill_and_resumes_bitwise(
+    tmp_path, distributed_runner
+):
+    # torchrun passes SIGTERM on to its workers and kills them 30 s later. The epoch here lasts about 20 s (40
+    # steps of 0.5 s) and never logs: the processes must agree on the signal within a few steps, not at its end.
+    script = str(Path(__file__).parent / "dist_scripts" / "preempt_through_agent.py")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script]
+    agent = subprocess.Popen(
+        [*command, str(tmp_path), "train"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    checkpoint_dir = Path(read_until(agent, "checkpoints ").split(" ", 1)[1])
+    read_until(agent, "iter 3")
+    agent.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    try:
+        _, stderr = agent.communicate(timeout=45)
+    finally:
+        agent.kill()
+    took = time.monotonic() - signalled
+    assert took < 10, f"torchrun took {took:.1f} s to stop after SIGTERM:\n{stderr}"
+    # torchrun itself ends with status 1 when signalled (it raises SignalException); its workers stopped cleanly.
+    stopped = [json.loads((tmp_path / f"rank{rank}-stopped.json").read_text()) for rank in (0, 1)]
+    assert [record["exit_code"] for record in stopped] == [128 + signal.SIGTERM] * 2, stderr
+    steps = stopped[0]["steps"]
+    assert stopped[1]["steps"] == steps and 3 <= steps < 40, stopped
+    saved = dl.load(checkpoint_dir / "latest.pth")
+    assert saved["runner"]["steps"] == steps and "position" in saved
+    run_state = json.loads((checkpoint_dir.parent / "run.json").read_text())
+    assert run_state["state"] == "interrupted" and run_state["signal"] == "SIGTERM", run_state
+
+    distributed_runner(script, str(tmp_path), "finish", str(checkpoint_dir / "latest.pth"))
+    for rank in (0, 1):
+        straight = torch.load(tmp_path / f"rank{rank}-straight.pt", weights_only=True)
+        resumed = torch.load(tmp_path / f"rank{rank}-resumed.pt", weights_only=True)
+        assert_bitwise_equal(resumed, straight, f"rank{rank}")
