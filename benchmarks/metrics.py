@@ -101,7 +101,7 @@ def run_danling(metrics: Metrics, input: torch.Tensor, target: torch.Tensor, bat
     for batch_input, batch_target in zip(inputs, targets):
         metrics.update(batch_input, batch_target)
     update = time.perf_counter() - start
-    metrics.input  # noqa: B018 -- concatenate the batches first, so `average()` is measured on its own
+    metrics.inputs  # noqa: B018 -- concatenate the batches first, so `average()` is measured on its own
     result, compute, memory = peak_extra(metrics.average)
     return {"update": update, "compute": compute, "memory": memory, "result": dict(result), "calls": len(inputs)}
 

@@ -3,8 +3,8 @@
 `update` only keeps references to detached tensors, so it is cheap and never waits for the device. `value()` (or
 `val`) computes the metrics on the last batch and `average()` (or `avg`) on everything since `reset()`; across
 processes both gather the predictions of every process first, so the numbers equal those of one process holding all
-the data. `input` and `target` are this process's last batch, `inputs` and `targets` everything it stored: what to
-read to save predictions.
+the data. `input` and `target` are the last batch and `inputs` and `targets` everything stored, gathered the same
+way: exactly what `value()` and `average()` compute on, before `preprocess`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..utils.distributed import all_gather_object, gather_tensor, is_distributed
 from .multitask import AVERAGE, MISSING, add_tasks, average_over_tasks, iter_tasks, lookup
-from .preprocess import Preprocess
+from .preprocess import Preprocess, identity
 
 __all__ = ["Metrics", "MultiTaskMetrics"]
 
@@ -28,18 +28,26 @@ class Metrics:
     """Named metric functions over stored predictions and targets.
 
     Batches are stored by reference (detached, not copied): do not modify them in place after `update`. They must
-    agree in every dimension but the first. The factories in [`danling.metrics.factory`][danling.metrics.factory]
-    build the usual sets.
+    agree in every dimension but the first. Predictions with one trailing dimension of size 1 more than their
+    targets, as a single-output head gives them (`(N, 1)` against `(N,)`), are stored without it, so that
+    single-output predictions come out flat like their targets. The factories in
+    [`danling.metrics.factory`][danling.metrics.factory] build the usual sets.
+
+    `input`, `target`, `inputs` and `targets` are what the metrics are computed on before `preprocess`:
+    `metrics.preprocess(metrics.input, metrics.target)` is what the metric functions see in `value()`. Across
+    processes they hold every process's batches in rank order, so reading them is collective, like `value()`; use
+    `state_dict()` for this process's own. With no batch stored anywhere they are empty tensors (`torch.empty(0)`).
 
     Args:
         *args: Mappings from names to metric functions `(input, target) -> value`.
         preprocess: A function `(input, target) -> (input, target)` applied to the (gathered) predictions once
-            before the metrics, for instance to reshape them or drop ignored targets.
+            before the metrics, for instance to reshape them or drop ignored targets. `None` is
+            [`identity`][danling.metrics.preprocess.identity].
         **metrics: Names to metric functions.
 
     Attributes:
         metrics: The metric functions by name.
-        preprocess: The preprocess function, if any.
+        preprocess: The preprocess function; always callable.
 
     Examples:
         >>> from functools import partial
@@ -59,13 +67,16 @@ class Metrics:
         (tensor([0.7000, 0.1000]), tensor([1, 1]))
         >>> metrics.inputs, metrics.targets
         (tensor([0.2000, 0.9000, 0.6000, 0.7000, 0.1000]), tensor([0, 1, 0, 1, 1]))
+        >>> metrics.reset()
+        >>> metrics.inputs
+        tensor([])
     """
 
     def __init__(
         self, *args: Mapping[str, Callable], preprocess: Preprocess | None = None, **metrics: Callable
     ) -> None:
         self.metrics: dict[str, Callable] = dict(*args, **metrics)
-        self.preprocess = preprocess
+        self.preprocess: Preprocess = identity if preprocess is None else preprocess
         self._inputs: list[Tensor] = []
         self._targets: list[Tensor] = []
         self._last: tuple[Tensor, Tensor] | None = None
@@ -77,7 +88,7 @@ class Metrics:
             input: Predictions of the batch.
             target: Targets of the batch.
         """
-        input, target = _detach(input), _detach(target)
+        input, target = _align(_detach(input), _detach(target))
         self._inputs.append(input)
         self._targets.append(target)
         self._last = (input, target)
@@ -87,27 +98,40 @@ class Metrics:
         self._inputs, self._targets, self._last = [], [], None
 
     @property
-    def input(self) -> Tensor | None:
-        """The predictions of this process's last batch, as given to `update`, detached (`None` before the first)."""
-        return None if self._last is None else self._last[0]
+    def input(self) -> Tensor:
+        """The predictions of the last batch, detached, as given to `update`; collective across processes.
 
-    @property
-    def target(self) -> Tensor | None:
-        """The targets of this process's last batch, as given to `update`, detached (`None` before the first)."""
-        return None if self._last is None else self._last[1]
-
-    @property
-    def inputs(self) -> Tensor | None:
-        """Every prediction this process stored since the last reset, concatenated (`None` before the first update).
-
-        The batches are concatenated on the device of the newest one, once: later reads reuse the result.
+        Across processes, every process's last batch concatenated in rank order (what `value()` computes on). An
+        empty tensor before the first update. Single-output predictions `(N, 1)` given with targets `(N,)` are flat.
         """
-        return self._stored()[0]
+        return _or_empty(_gather(*self._last_batch())[0])
 
     @property
-    def targets(self) -> Tensor | None:
-        """Every target this process stored since the last reset, concatenated (`None` before the first update)."""
-        return self._stored()[1]
+    def target(self) -> Tensor:
+        """The targets of the last batch, detached, as given to `update`; collective across processes.
+
+        Across processes, every process's last batch concatenated in rank order. An empty tensor before the first
+        update.
+        """
+        return _or_empty(_gather(*self._last_batch())[1])
+
+    @property
+    def inputs(self) -> Tensor:
+        """Every prediction stored since the last reset, concatenated; collective across processes.
+
+        Across processes, every process's predictions in rank order (what `average()` computes on). An empty tensor
+        before the first update. The batches are concatenated on the device of the newest one, once: later reads
+        reuse the result.
+        """
+        return _or_empty(_gather(*self._stored())[0])
+
+    @property
+    def targets(self) -> Tensor:
+        """Every target stored since the last reset, concatenated; collective across processes.
+
+        Across processes, every process's targets in rank order. An empty tensor before the first update.
+        """
+        return _or_empty(_gather(*self._stored())[1])
 
     def compute(self, input: Tensor | None, target: Tensor | None) -> FlatDict:
         """Every metric on `input` and `target`, after `preprocess`; local to this process.
@@ -118,12 +142,11 @@ class Metrics:
 
         Returns:
             Each metric as a float (a list of floats for a metric giving one value per class), `nan` for every
-            metric when there is no data.
+            metric when there is no data (`None`, or empty input and target).
         """
-        if input is None or target is None:
+        if input is None or target is None or input.numel() == 0 == target.numel():
             return FlatDict(dict.fromkeys(self.metrics, nan))
-        if self.preprocess is not None:
-            input, target = self.preprocess(input, target)
+        input, target = self.preprocess(input, target)
         return FlatDict({name: _to_python(metric(input, target)) for name, metric in self.metrics.items()})
 
     def value(self, sync: bool = True) -> FlatDict:
@@ -133,7 +156,7 @@ class Metrics:
             sync: Gather from every process. `False` computes on this process's last batch alone, with no
                 collective: for logging where processes may have done different numbers of batches.
         """
-        last = self._last or (None, None)
+        last = self._last_batch()
         return self.compute(*(_gather(*last) if sync else last))
 
     def average(self) -> FlatDict:
@@ -153,7 +176,7 @@ class Metrics:
     def state_dict(self) -> dict[str, Tensor | None]:
         """The stored predictions and targets of this process, and its last batch, on the CPU."""
         input, target = self._stored()
-        last_input, last_target = self._last or (None, None)
+        last_input, last_target = self._last_batch()
         state = {"input": input, "target": target, "last_input": last_input, "last_target": last_target}
         return {key: None if value is None else value.cpu() for key, value in state.items()}
 
@@ -165,6 +188,9 @@ class Metrics:
             self._inputs, self._targets = [input], [target]
         if state["last_input"] is not None and state["last_target"] is not None:
             self._last = (state["last_input"], state["last_target"])
+
+    def _last_batch(self) -> tuple[Tensor | None, Tensor | None]:
+        return self._last or (None, None)
 
     def _stored(self) -> tuple[Tensor | None, Tensor | None]:
         if not self._inputs:
@@ -180,7 +206,7 @@ class Metrics:
     def __format__(self, format_spec: str) -> str:
         # Formatting is for logs, which may be written by one process only, so it must not be collective: the
         # values are this process's own (use `value()` and `average()` for every process's).
-        last = self.compute(*(self._last or (None, None)))
+        last = self.compute(*self._last_batch())
         overall = self.compute(*self._stored())
         return "\t".join(
             f"{name}: {_format(last[name], format_spec)} ({_format(overall[name], format_spec)})"
@@ -326,6 +352,17 @@ def _gather(input: Tensor | None, target: Tensor | None) -> tuple[Tensor | None,
 def _concatenate(tensors: list[Tensor]) -> Tensor:
     device = tensors[-1].device
     return torch.cat([tensor.to(device) for tensor in tensors])
+
+
+def _or_empty(tensor: Tensor | None) -> Tensor:
+    return torch.empty(0) if tensor is None else tensor
+
+
+def _align(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """`input` without a trailing dimension of size 1 that `target` lacks: `(N, 1)` against `(N,)` becomes `(N,)`."""
+    if target.dim() >= 1 and input.shape == (*target.shape, 1):
+        input = input.squeeze(-1)
+    return input, target
 
 
 def _detach(value: Any) -> Tensor:

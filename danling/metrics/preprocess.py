@@ -18,6 +18,7 @@ from torch import Tensor
 __all__ = [
     "Preprocess",
     "as_float",
+    "identity",
     "is_probability",
     "preprocess_binary",
     "preprocess_multiclass",
@@ -27,6 +28,16 @@ __all__ = [
 
 Preprocess = Callable[[Any, Any], tuple[Any, Any]]
 """A function `(input, target) -> (input, target)` run before metrics, such as the `preprocess_*` functions here."""
+
+
+def identity(input: Any, target: Any) -> tuple[Any, Any]:
+    """`(input, target)` unchanged: the preprocess of a [`Metrics`][danling.metrics.Metrics] built without one.
+
+    Examples:
+        >>> identity(torch.tensor([2.0, -1.0]), torch.tensor([1, 0]))
+        (tensor([ 2., -1.]), tensor([1, 0]))
+    """
+    return input, target
 
 
 def is_probability(input: Tensor) -> bool:

@@ -51,6 +51,8 @@ class Config(chanfig.Config):
     The run's identity derives from the content: [`run_uuid`][danling.runner.Config.run_uuid] (and so `run_id` and
     `hash(config)`) is a UUID of every field except progress counters and storage locations (see
     [`IGNORED_NAMES_IN_HASH`][danling.defaults.IGNORED_NAMES_IN_HASH]), so it stays the same as training advances.
+    `run_id` is a key like the others (`config["run_id"]`, `config.dict()`, the saved `config.yaml`); see
+    [`run_id`][danling.runner.Config.run_id] for when a stored value is kept.
 
     Examples:
         >>> config = Config(epoch_end=3, **{"optim.lr": 0.1})
@@ -72,6 +74,7 @@ class Config(chanfig.Config):
     """Name of this run within the experiment."""
     experiment_id: str | None = None
     """Id of the experiment; defaults to the git commit checked out in the working directory, if any."""
+    # `run_id` (a key too) is the property below: its value follows the content unless one is given.
 
     # Randomness
     seed: int | None = None
@@ -197,9 +200,21 @@ class Config(chanfig.Config):
         for given in (*(arg for arg in args if isinstance(arg, Mapping)), kwargs):
             for name in _INTEGER_KNOBS.intersection(given):
                 _check_integral(name, given[name])
-        super().__init__(*args, **kwargs)
-        if self.get("experiment_id") is None:
-            self.experiment_id = get_git_hash() or DEFAULT_EXPERIMENT_ID
+        chosen = kwargs.pop("run_id", None)
+        # Everything set while constructing arrives as data (a file, a checkpoint's config); a `run_id` among it is
+        # weighed against the content once the content is complete (defaults and experiment id included).
+        self.setattr(_ARRIVING, True)
+        try:
+            super().__init__(*args, **kwargs)
+            if self.get("experiment_id") is None:
+                self.experiment_id = get_git_hash() or DEFAULT_EXPERIMENT_ID
+        finally:
+            self.setattr(_ARRIVING, False)
+        if not dict.__contains__(self, "run_id"):
+            dict.__setitem__(self, "run_id", None)
+        self._settle_run_id()
+        if chosen is not None:
+            self.set("run_id", chosen)  # a keyword is the caller's choice, kept like an assignment
 
     @classmethod
     def from_dict(cls, obj: Mapping | Sequence) -> Any:
@@ -258,9 +273,37 @@ class Config(chanfig.Config):
 
     def set(self, name: Any, value: Any, convert_mapping: bool | None = None) -> None:
         """Set `name` to `value`; a fractional value for a counter or interval is an error, not truncated."""
+        if name == "run_id":
+            self._set_run_id(value)
+            return
         if name in _INTEGER_KNOBS:
             _check_integral(name, value)
         super().set(name, value, convert_mapping)
+
+    def get(self, name: Any, default: Any = None, fallback: bool | None = None) -> Any:
+        """The value of `name` (dotted names reach into sections); `run_id` is the run's id as the property gives it."""
+        if name == "run_id":
+            return self.run_id
+        return super().get(name, default, fallback)
+
+    def merge(self, *args: Any, overwrite: bool = True, **kwargs: Any) -> Any:
+        """Merge mappings into the config; a `run_id` among them arrives as data, as when loading a file."""
+        if self.getattr(_ARRIVING, False):
+            return super().merge(*args, overwrite=overwrite, **kwargs)
+        self.setattr(_ARRIVING, True)
+        try:
+            super().merge(*args, overwrite=overwrite, **kwargs)
+        finally:
+            self.setattr(_ARRIVING, False)
+        self._settle_run_id()
+        return self
+
+    def dict(self, flatten: bool = False) -> Any:
+        """The config as plain nested dicts, `run_id` included with the value the property gives."""
+        plain = self._content(flatten)
+        if isinstance(plain, dict) and "run_id" in plain:
+            plain["run_id"] = self.run_id
+        return plain
 
     def post(self) -> None:
         """Validate after parsing (chanfig calls this through `boot`)."""
@@ -308,18 +351,52 @@ class Config(chanfig.Config):
 
     @property
     def run_id(self) -> str:
-        """Id of the run: the value set (in code, a file or on the command line), else the hex of `run_uuid`.
+        """Id of the run: the hex of [`run_uuid`][danling.runner.Config.run_uuid], unless one is given.
 
-        Until it is set, it follows the content, so it reflects command-line overrides; a runner pins it when it
-        starts, and a resumed run takes the id of the run it continues.
+        A key of the config like any other: `config["run_id"]`, `"run_id" in config`, `config.dict()` and the saved
+        `config.yaml` hold it. Its value depends on where it comes from:
+
+        - none given: the content's id, which follows every change (a command-line override gives a new id);
+        - assigned (`config.run_id = ...`, `config["run_id"] = ...`) or passed as `Config(run_id=...)`: that
+          value, whatever the content;
+        - arriving with a mapping (`Config(mapping)`, `Config.from_yaml`, `merge`, `parse`, a checkpoint's config):
+          that value while the content stays as it arrived, so a config loaded back names the same run; once the
+          content changes, the content's id, since the stored id named other content.
+
+        A runner pins its id when it starts (a drawn seed or keys assigned in a subclass's `__init__` then leave it
+        as it was given), and a resumed run takes the id of the run it continues. The id is left out of the
+        content it is derived from.
         """
-        value = dict.get(self, "run_id")
-        return value if value is not None else self.run_uuid.hex
+        stored = dict.get(self, "run_id")
+        if stored is None:
+            return self.run_uuid.hex
+        basis = self.getattr(_RUN_ID_BASIS, None)
+        if basis is None or self.getattr(_PENDING, False):
+            return stored
+        current = self.run_uuid.hex
+        return stored if current == basis else current
 
     @run_id.setter
     def run_id(self, value: str | None) -> None:
-        # Not through chanfig's `set`, which mirrors top-level keys as attributes and would call this setter again.
+        # chanfig routes attribute assignment through `set`; this serves `object.__setattr__` and type checkers.
+        self._set_run_id(value)
+
+    def _set_run_id(self, value: Any) -> None:
+        """Store `value` (`None` returns to the content's id): chosen by the caller, or arriving with a mapping."""
+        value = None if value is None else str(value)
         dict.__setitem__(self, "run_id", value)
+        self.setattr(_RUN_ID_BASIS, None)
+        # An id that arrives with a mapping is weighed against the content once the whole mapping is in.
+        self.setattr(_PENDING, value is not None and self.getattr(_ARRIVING, False))
+
+    def _settle_run_id(self) -> None:
+        """Record the content an id that arrived with a mapping belongs to: it holds while the content does."""
+        if self.getattr(_PENDING, False):
+            self.setattr(_PENDING, False)
+            self.setattr(_RUN_ID_BASIS, self.run_uuid.hex)
+
+    def _content(self, flatten: bool = False) -> Any:
+        return super().dict(flatten)
 
     @property
     def experiment_uuid(self) -> UUID:
@@ -329,7 +406,7 @@ class Config(chanfig.Config):
     @property
     def run_uuid(self) -> UUID:
         """UUID of the run: the config's content, less progress counters, storage locations and a drawn seed."""
-        content: Mapping = self.dict()  # type: ignore[assignment]
+        content: Mapping = self._content()
         identity = {key: value for key, value in content.items() if key not in IGNORED_NAMES_IN_HASH}
         if content.get("seed_drawn"):
             # The identity of the config as given, before the runner drew the seed.
@@ -339,6 +416,11 @@ class Config(chanfig.Config):
     def __hash__(self) -> int:  # type: ignore[override]
         return int(self.run_uuid.hex, 16)
 
+
+# Instance attributes (not keys) that track where a stored `run_id` came from.
+_ARRIVING = "_run_id_arriving"  # set while a mapping is merged in (construction, `merge`, `parse`)
+_PENDING = "_run_id_pending"  # an id arrived and its content is not yet complete
+_RUN_ID_BASIS = "_run_id_basis"  # the content's id an arrived id belongs to; `None` for an id that was chosen
 
 _INTEGER_KNOBS = frozenset({"epoch_end", "step_end", "iter_end", "accum_steps", *INTERVALS})
 

@@ -126,3 +126,39 @@ def test_metric_meters_average_over_processes(results, shards) -> None:
             oracle.update(input, target)
     for rank, result in enumerate(results):
         assert_same(result["metric_meters"], oracle.avg.dict(), f"rank{rank}.metric_meters")
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel", "regression"])
+def test_input_and_target_hold_every_process_last_batch_in_rank_order(results, shards, task: str) -> None:
+    expected_input = torch.cat([shard[task][-1][0] for shard in shards])
+    expected_target = torch.cat([shard[task][-1][1] for shard in shards])
+    for rank, result in enumerate(results):
+        stored = result["stored"][task]
+        assert stored["input"]["shape"] == list(expected_input.shape), rank
+        assert torch.tensor(stored["input"]["values"]).equal(expected_input), rank
+        assert torch.tensor(stored["target"]["values"]).equal(expected_target), rank
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel", "regression"])
+def test_inputs_and_targets_hold_every_process_batches_in_rank_order(results, shards, task: str) -> None:
+    expected_inputs = torch.cat([input for shard in shards for input, _ in shard[task]])
+    expected_targets = torch.cat([target for shard in shards for _, target in shard[task]])
+    for rank, result in enumerate(results):
+        stored = result["stored"][task]
+        assert torch.tensor(stored["inputs"]["values"]).equal(expected_inputs), rank
+        assert torch.tensor(stored["targets"]["values"]).equal(expected_targets), rank
+
+
+def test_stored_batches_of_one_process_reach_every_process(results, shards) -> None:
+    last_input, last_target = shards[1]["binary"][-1]
+    for rank, result in enumerate(results):
+        stored = result["stored"]["lone"]
+        assert torch.tensor(stored["input"]["values"]).equal(last_input), rank
+        assert torch.tensor(stored["target"]["values"]).equal(last_target), rank
+        assert len(stored["inputs"]["values"]) == sum(len(target) for _, target in shards[1]["binary"]), rank
+
+
+def test_stored_batches_are_empty_when_no_process_has_any(results) -> None:
+    for rank, result in enumerate(results):
+        for name, stored in result["stored"]["empty"].items():
+            assert stored == {"values": [], "shape": [0]}, (rank, name)

@@ -91,7 +91,87 @@ def test_input_and_target_are_the_last_batch_inputs_and_targets_everything() -> 
     assert metrics.input.tolist() == [0.5]
     assert len(metrics.inputs) == sum(len(target) for _, target in batches) + 1
     metrics.reset()
-    assert metrics.input is metrics.target is metrics.inputs is metrics.targets is None
+    for stored in (metrics.input, metrics.target, metrics.inputs, metrics.targets):
+        assert stored.shape == (0,)
+
+
+def test_empty_metrics_read_as_empty_tensors() -> None:
+    metrics = Metrics()
+    empty = torch.empty(0)
+    for name in ("input", "target", "inputs", "targets"):
+        stored = getattr(metrics, name)
+        assert isinstance(stored, torch.Tensor), name
+        assert (stored == empty).all(), name
+        assert stored.shape == empty.shape, name
+
+
+def test_computing_on_empty_reads_gives_nan() -> None:
+    metrics = binary_metrics()
+    assert all(isnan(value) for value in metrics.compute(metrics.inputs, metrics.targets).values())
+
+
+@pytest.mark.parametrize("factory", [regression_metrics, binary_metrics])
+def test_single_output_predictions_are_stored_flat_like_their_targets(factory) -> None:
+    generator = torch.Generator().manual_seed(0)
+    predictions = [torch.randn(8, 1, generator=generator) for _ in range(3)]
+    targets = [torch.randint(0, 2, (8,), generator=generator).float() for _ in range(3)]
+    metrics = factory()
+    for prediction, target in zip(predictions, targets):
+        metrics.update(prediction, target)
+    assert metrics.inputs.shape == (24,)
+    assert (torch.cat(predictions).view(-1) == metrics.inputs).all()
+    assert torch.equal(metrics.input, predictions[-1].view(-1))
+    # The value and the average see the same layout, so a metric that cares about shapes agrees on both.
+    assert metrics.value().dict() == pytest.approx(metrics.compute(predictions[-1], targets[-1]).dict())
+    assert metrics.average().dict() == pytest.approx(
+        metrics.compute(torch.cat(predictions).view(-1), torch.cat(targets)).dict()
+    )
+
+
+def test_multi_output_and_matching_shapes_are_stored_as_given() -> None:
+    metrics = regression_metrics(num_outputs=1)
+    metrics.update(torch.randn(4, 1), torch.randn(4, 1))
+    assert metrics.inputs.shape == (4, 1)
+    metrics = multilabel_metrics(num_labels=1)
+    metrics.update(torch.rand(4, 1), torch.randint(0, 2, (4, 1)))
+    assert metrics.inputs.shape == (4, 1)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "make_batch"),
+    [
+        (binary_metrics(), lambda g: (torch.randn(8, generator=g) * 3, torch.randint(0, 2, (8,), generator=g))),
+        (
+            multiclass_metrics(num_classes=3),
+            lambda g: (torch.randn(8, 3, generator=g) * 3, torch.randint(0, 3, (8,), generator=g)),
+        ),
+        (
+            multilabel_metrics(num_labels=3),
+            lambda g: (torch.randn(8, 3, generator=g) * 3, torch.randint(0, 2, (8, 3), generator=g)),
+        ),
+    ],
+    ids=["binary", "multiclass", "multilabel"],
+)
+def test_input_is_the_batch_as_given_and_preprocess_gives_what_the_metrics_saw(metrics, make_batch) -> None:
+    generator = torch.Generator().manual_seed(0)
+    batches = [make_batch(generator) for _ in range(3)]
+    for logits, target in batches:
+        metrics.update(logits, target)
+        assert torch.equal(metrics.input, logits) and torch.equal(metrics.target, target)
+        seen = metrics.preprocess(metrics.input, metrics.target)
+        expected = {name: metric(*seen) for name, metric in metrics.metrics.items()}
+        assert metrics.value().dict() == pytest.approx({k: float(v) for k, v in expected.items()}, nan_ok=True)
+    seen = metrics.preprocess(metrics.inputs, metrics.targets)
+    expected = {name: float(metric(*seen)) for name, metric in metrics.metrics.items()}
+    assert metrics.average().dict() == pytest.approx(expected, nan_ok=True)
+
+
+def test_metrics_without_preprocess_have_an_identity_preprocess() -> None:
+    metrics = Metrics(acc=accuracy)
+    input, target = torch.tensor([0.2, 0.9]), torch.tensor([0, 1])
+    metrics.update(input, target)
+    seen_input, seen_target = metrics.preprocess(metrics.input, metrics.target)
+    assert seen_input is metrics.input and seen_target is metrics.target
 
 
 def test_val_and_avg_are_value_and_average() -> None:
@@ -129,7 +209,7 @@ def test_reset_and_empty_metrics_are_nan() -> None:
     assert all(isnan(value) for value in metrics.average().values())
     metrics.update(*binary_batches()[0])
     metrics.reset()
-    assert metrics.inputs is None and metrics.targets is None
+    assert metrics.inputs.numel() == 0 and metrics.targets.numel() == 0
     assert all(isnan(value) for value in metrics.value().values())
 
 
@@ -336,7 +416,7 @@ def test_metrics_state_dict_round_trip_resumes_the_epoch() -> None:
 def test_empty_metrics_state_dict_round_trip() -> None:
     resumed = binary_metrics()
     resumed.load_state_dict(binary_metrics().state_dict())
-    assert resumed.input is None and resumed.inputs is None
+    assert resumed.input.numel() == 0 and resumed.inputs.numel() == 0
 
 
 def test_multitask_metrics_and_metric_meters_state_dict_round_trip() -> None:

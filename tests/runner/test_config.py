@@ -97,3 +97,108 @@ def test_validate_names_the_bad_value(key, value):
 def test_unknown_precision_lists_the_valid_ones():
     with pytest.raises(ValueError, match="fp16, bf16"):
         dl.Config(precision="fp8")
+
+
+# The run id as a key
+
+
+def test_run_id_is_a_key_of_a_fresh_config():
+    config = dl.Config(lr=0.1)
+    assert "run_id" in config
+    assert config["run_id"] == config.get("run_id") == config.run_id == config.run_uuid.hex
+    assert config.dict()["run_id"] == config.run_uuid.hex
+    assert dl.Config.from_yamls(config.yamls()).dict()["run_id"] == config.run_uuid.hex
+
+
+def test_run_id_key_follows_the_content_until_one_is_given():
+    config = dl.Config(lr=0.1)
+    before = config["run_id"]
+    config.lr = 0.2
+    assert config["run_id"] == config.dict()["run_id"] == config.run_uuid.hex != before
+    config.optim.lr = 0.3  # a nested change too
+    assert config["run_id"] == config.run_uuid.hex
+    config.run_id = "chosen"
+    config.lr = 0.4
+    assert config["run_id"] == config.dict()["run_id"] == "chosen"
+    config.run_id = None
+    assert config["run_id"] == config.run_uuid.hex
+
+
+def test_run_id_is_left_out_of_the_content_it_derives_from():
+    plain = dl.Config(lr=0.1)
+    assert dl.Config(lr=0.1, run_id="x").run_uuid == plain.run_uuid
+    assert dl.Config(plain.dict()).run_uuid == plain.run_uuid
+    assert dl.Config.from_yamls(plain.yamls()).run_id == plain.run_id
+
+
+def stored_config() -> dl.Config:
+    """A config as a runner leaves it: its id pinned when it started, then keys filled in after."""
+    config = dl.Config(lr=0.1)
+    config.run_id = config.run_id
+    config.features = 4
+    assert config.run_id != config.run_uuid.hex, "the stored id must differ from the content's for these tests"
+    return config
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        lambda config: dl.Config.from_yamls(config.yamls()),
+        lambda config: dl.Config.from_jsons(config.jsons()),
+        lambda config: dl.Config(config.dict()),
+        lambda config: dl.Config().merge(config.dict()),
+    ],
+    ids=["yaml", "json", "mapping", "merge"],
+)
+def test_a_config_loaded_back_keeps_its_stored_run_id(load):
+    stored = stored_config()
+    loaded = load(stored)
+    assert loaded.run_id == loaded["run_id"] == loaded.dict()["run_id"] == stored.run_id
+    loaded.steps, loaded.epochs, loaded.checkpoint = 10, 2, "elsewhere.pth"  # progress and locations are not content
+    assert loaded.run_id == stored.run_id
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda config: config.parse(["--lr", "0.5"]),
+        lambda config: config.merge({"lr": 0.5}),
+        lambda config: config.set("lr", 0.5),
+        lambda config: setattr(config.optim, "lr", 0.5),
+    ],
+    ids=["cli", "merge", "set", "nested"],
+)
+def test_a_loaded_config_that_changes_gets_a_new_run_id(change):
+    stored = stored_config()
+    loaded = dl.Config.from_yamls(stored.yamls())
+    change(loaded)
+    assert loaded.run_id == loaded["run_id"] == loaded.dict()["run_id"] == loaded.run_uuid.hex
+    assert loaded.run_id != stored.run_id
+
+
+def test_a_loaded_config_changed_back_names_the_stored_run_again():
+    stored = stored_config()
+    loaded = dl.Config.from_yamls(stored.yamls())
+    loaded.lr = 0.5
+    loaded.lr = 0.1
+    assert loaded.run_id == stored.run_id
+
+
+@pytest.mark.parametrize(
+    "choose",
+    [
+        lambda: dl.Config(lr=0.1, run_id="mine"),
+        lambda: _assigned(dl.Config(lr=0.1), "mine"),
+    ],
+    ids=["keyword", "assigned"],
+)
+def test_a_chosen_run_id_is_kept_whatever_the_content(choose):
+    config = choose()
+    config.parse(["--lr", "0.5"])
+    config.features = 4
+    assert config.run_id == config["run_id"] == config.dict()["run_id"] == "mine"
+
+
+def _assigned(config: dl.Config, run_id: str) -> dl.Config:
+    config["run_id"] = run_id
+    return config

@@ -122,6 +122,59 @@ def test_a_resumed_run_with_a_drawn_seed_keeps_its_uuid(tmp_path):
     assert (through_config.id, through_config.uuid) == (runner.id, runner.uuid)
 
 
+class FillingRunner(RegressionRunner):
+    """Fills in a key in `__init__`, after the runner pinned its id: the saved content is not what named the run."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.config.features = 4
+
+
+def trained_filling_runner(tmp_path) -> FillingRunner:
+    runner = FillingRunner(make_config(tmp_path, epoch_end=1))
+    runner.train()
+    assert runner.config.run_id != runner.config.run_uuid.hex, "the pinned id must differ from the content's"
+    return runner
+
+
+def test_config_yaml_holds_the_run_id_and_loads_back_to_the_same_run(tmp_path, capsys):
+    runner = trained_filling_runner(tmp_path)
+    path = os.path.join(runner.dir, "config.yaml")
+    assert dl.load(path)["run_id"] == runner.config.run_id
+    loaded = dl.Config.from_yaml(path)
+    assert loaded.run_id == loaded["run_id"] == runner.config.run_id
+    loaded.resume = True
+    resumed = FillingRunner(loaded)
+    assert resumed.id == runner.id
+    assert os.path.dirname(resumed.dir) == os.path.dirname(runner.dir)
+    assert "resume: continuing from" in capsys.readouterr().out
+
+
+def test_a_config_yaml_with_a_cli_override_names_a_new_run(tmp_path):
+    runner = trained_filling_runner(tmp_path)
+    loaded = dl.Config.from_yaml(os.path.join(runner.dir, "config.yaml"))
+    loaded.parse(["--lr", "0.02"])
+    assert loaded.run_id == loaded.run_uuid.hex != runner.config.run_id
+    changed = FillingRunner(loaded)
+    assert changed.id != runner.id
+    assert os.path.dirname(changed.dir) != os.path.dirname(runner.dir)
+
+
+def test_a_checkpoint_config_keeps_its_run_id_until_it_changes(tmp_path):
+    runner = trained_filling_runner(tmp_path)
+    path = os.path.join(runner.checkpoint_dir, "latest.pth")
+    stored = runner.read_checkpoint_file(path)["runner"]
+    assert stored["run_id"] == runner.config.run_id
+    assert dl.Config(stored).run_id == runner.config.run_id
+    assert FillingRunner.from_checkpoint(path).id == runner.id
+    changed = dl.Config(stored)
+    changed.lr = 0.02
+    assert changed.run_id == changed.run_uuid.hex != runner.config.run_id
+    # Continuing a run from its checkpoint keeps the run's id, whatever else the config now says.
+    continued = FillingRunner(make_config(tmp_path, epoch_end=3, lr=0.02, checkpoint=path))
+    assert continued.id == runner.id
+
+
 # Bounded disk
 
 

@@ -17,6 +17,7 @@ from danling.metrics import (
     AverageMeter,
     AverageMeters,
     MetricMeters,
+    Metrics,
     MultiTaskAverageMeters,
     MultiTaskMetrics,
     accuracy,
@@ -83,8 +84,11 @@ def run(rank: int) -> dict[str, Any]:
     for task, task_metrics in metrics.items():
         for input, target in batches[task]:
             task_metrics.update(input, target)
+    lone, empty = Metrics(acc=accuracy), Metrics(acc=accuracy)
     for input, target in batches["binary"]:
         metric_meters.update(input, target)
+        if rank == 1:
+            lone.update(input, target)  # a Metrics that only one process feeds
         multitask.update({"binary": input}, {"binary": target})
         if rank == 1:
             multitask.update({"rare": input}, {"rare": target})  # a task that only one process sees
@@ -95,6 +99,16 @@ def run(rank: int) -> dict[str, Any]:
         "metrics": {task: {"value": m.value().dict(), "average": m.average().dict()} for task, m in metrics.items()},
         "multitask": multitask.average().dict(),
         "metric_meters": metric_meters.average().dict(),
+        "stored": {name: read_stored(m) for name, m in {**metrics, "lone": lone, "empty": empty}.items()},
+    }
+
+
+def read_stored(metrics: Metrics) -> dict[str, Any]:
+    """What `input`, `target`, `inputs` and `targets` hold (every read is collective), with their shapes."""
+    stored = {name: getattr(metrics, name) for name in ("input", "target", "inputs", "targets")}
+    return {
+        name: None if value is None else {"values": value.tolist(), "shape": list(value.shape)}
+        for name, value in stored.items()
     }
 
 
