@@ -238,17 +238,18 @@ class BaseRunner(Workspace, Results, CheckpointIO, RunLength, metaclass=RunnerMe
         Called at the end of `__post_init__`; `TorchRunner` calls it after moving the model to its device.
         """
         pending, self._checkpoint_to_load = self._checkpoint_to_load, None
+        reapply = self.__dict__.pop("_reapply_hyperparameters", False)
         if pending is None:
             if self.config.get("pretrained") is not None and self.model is not None:
                 self.load_pretrained(self.config["pretrained"])
             return
         if self.model is None:
             self.load_state_dict({key: value for key, value in pending.items() if key in ("results", "runner")})
-        elif self.__dict__.pop("_reapply_hyperparameters", False):
+        elif reapply and self.optimizer is not None:
             # Allowed changes take effect: the checkpoint restores the optimizer's old hyperparameters.
             optimizer, scheduler = self.optimizer, getattr(self.scheduler, "scheduler", self.scheduler)
             fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-            base = list(scheduler.base_lrs) if hasattr(scheduler, "base_lrs") else None
+            base = list(getattr(scheduler, "base_lrs", None) or []) or None
             self.load_checkpoint(pending)
             reapply_hyperparameters(optimizer, scheduler, fresh, base)
         else:
