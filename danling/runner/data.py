@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import signal
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -82,6 +83,8 @@ class DataMixin(RunnerParts):
             generator = torch.Generator()
             generator.manual_seed((self.config.seed or 0) + self.rank)
             options.setdefault("generator", generator)
+            if options.get("num_workers"):
+                options["worker_init_fn"] = IgnoreInterrupt(options.get("worker_init_fn"))
             self.datasamplers[split] = sampler
             self.dataloaders[split] = DataLoader(dataset, sampler=sampler, drop_last=drop_last, **options)
 
@@ -120,3 +123,21 @@ def to_device(data: Any, device: torch.device) -> Any:
     if isinstance(data, (list, tuple)):
         return type(data)(to_device(value, device) for value in data)
     return data
+
+
+class IgnoreInterrupt:
+    """A DataLoader's `worker_init_fn` that makes the worker ignore SIGINT, then calls the user's own, if any.
+
+    Ctrl-C reaches every process in the terminal's foreground group, loader workers included: a worker that dies of
+    it makes the next batch fail with "DataLoader worker exited unexpectedly", where the main process would have
+    saved and stopped cleanly (see [`PreemptionWatcher`][danling.runner.preemption.PreemptionWatcher]). Workers
+    still stop when their loader is shut down, or when the main process ends.
+    """
+
+    def __init__(self, worker_init_fn: Callable[[int], Any] | None = None) -> None:
+        self.worker_init_fn = worker_init_fn
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.worker_init_fn is not None:
+            self.worker_init_fn(worker_id)

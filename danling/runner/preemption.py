@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -14,19 +15,25 @@ import torch
 
 from ..utils import distributed as du
 
-__all__ = ["PREEMPTION_SIGNALS", "Preempted", "PreemptionAgreement", "PreemptionWatcher"]
+__all__ = ["INTERRUPT_NOTICE", "PREEMPTION_SIGNALS", "Preempted", "PreemptionAgreement", "PreemptionWatcher"]
 
 PREEMPTION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
 """Signals that request a clean stop: SIGTERM (sent by schedulers and `torchrun`) and SIGUSR1 (sent by SLURM
 ahead of the kill, with `--signal`)."""
 
 
+INTERRUPT_NOTICE = (
+    "\nCtrl-C: saving the run's state at the next training step, then stopping; press Ctrl-C again to stop at once\n"
+)
+"""What the main process writes to stderr at the first Ctrl-C of a `train()`."""
+
+
 class Preempted(SystemExit):
     """Raised by `train` after it saved `latest` because a preemption signal arrived.
 
-    Its exit status is `128 + signal number` (143 for SIGTERM, 138 for SIGUSR1), the shell's convention for a
-    process ended by that signal, so an uncaught `Preempted` ends the script the way the signal would have, but
-    only after the checkpoint is safely on disk.
+    Its exit status is `128 + signal number` (143 for SIGTERM, 138 for SIGUSR1, 130 for a first Ctrl-C), the
+    shell's convention for a process ended by that signal, so an uncaught `Preempted` ends the script the way the
+    signal would have, but only after the checkpoint is safely on disk, and without a traceback.
     """
 
     def __init__(self, signum: int, checkpoint: str | None) -> None:
@@ -36,19 +43,31 @@ class Preempted(SystemExit):
 
     def __str__(self) -> str:
         name = signal.Signals(self.signum).name
-        where = f"; resume from {self.checkpoint}" if self.checkpoint else ""
+        where = f"; resume from {self.checkpoint} (--checkpoint, or --resume true)" if self.checkpoint else ""
         return f"stopped by {name} after saving the run's state{where}"
 
 
 class PreemptionWatcher:
     """Context manager that records the first preemption signal received while it is active.
 
-    Previous handlers are restored on exit. Outside the main thread, where Python cannot install signal
-    handlers, it watches nothing.
+    With `interrupt` (the default), a first SIGINT (Ctrl-C; `torchrun` passes its own on to its workers) is
+    recorded like SIGTERM, so the run saves and stops cleanly; a SIGINT after any recorded signal raises
+    `KeyboardInterrupt` at once, as Python would have. Previous handlers are restored on exit. Outside the main
+    thread, where Python cannot install signal handlers, it watches nothing.
+
+    Args:
+        signals: The signals that request a clean stop.
+        interrupt: Whether to handle SIGINT as above; without it, Ctrl-C raises `KeyboardInterrupt` as usual.
+        announce: Whether to write [`INTERRUPT_NOTICE`][danling.runner.preemption.INTERRUPT_NOTICE] to stderr at
+            the first Ctrl-C (on the main process only, so a run says it once).
     """
 
-    def __init__(self, signals: tuple[int, ...] = PREEMPTION_SIGNALS) -> None:
+    def __init__(
+        self, signals: tuple[int, ...] = PREEMPTION_SIGNALS, interrupt: bool = True, announce: bool = True
+    ) -> None:
         self.signals = signals
+        self.interrupt = interrupt
+        self.announce = announce
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -57,11 +76,23 @@ class PreemptionWatcher:
         if self.received is None:
             self.received = signum
 
+    def _handle_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        if self.announce:
+            # os.write, not print: a handler that prints while the interrupted code prints can raise "reentrant call".
+            with contextlib.suppress(OSError):
+                os.write(2, INTERRUPT_NOTICE.encode())
+
     def __enter__(self) -> PreemptionWatcher:
         self.received = None
         if threading.current_thread() is threading.main_thread():
             for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
+            if self.interrupt and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                # Only over Python's own handler: a script or tool that installed its own keeps it.
+                self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle_interrupt)
         return self
 
     def __exit__(self, *exc: Any) -> None:

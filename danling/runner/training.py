@@ -72,7 +72,7 @@ class TrainingLoop(StepTraining, RunnerParts):
             raise ValueError(f"train needs {', '.join(unset)}: assign self.{unset[0]} in your runner's __init__")
         self.write_config_file()
         self.write_run_state("running")
-        with PreemptionWatcher() as watcher:
+        with PreemptionWatcher(announce=self.is_main_process) as watcher:
             self._preemption = watcher
             # Every process creates it here, together: its first use creates a process group, a collective.
             self._agreement = PreemptionAgreement() if self.distributed else None

@@ -23,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def spawn(script: str, *args: str) -> subprocess.Popen:
+    """`script` in a session of its own, so `os.killpg` reaches it and its loader workers, as Ctrl-C would."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, str(SCRIPTS / script), *args],
@@ -30,6 +31,7 @@ def spawn(script: str, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,
     )
 
 
@@ -64,6 +66,55 @@ def test_sigterm_saves_latest_exits_143_and_resume_matches_an_uninterrupted_run(
     straight = ResumableRunner(make_config(tmp_path / "straight", **settings))
     straight.train()
     assert_bitwise_equal(final_state(resumed), final_state(straight))
+
+
+def test_first_ctrl_c_saves_says_how_to_resume_once_and_resume_matches_an_uninterrupted_run(tmp_path):
+    # A loader worker too: Ctrl-C reaches the terminal's whole process group, and a worker killed by it would fail
+    # the next batch.
+    settings = {"epoch_end": 3, "samples": 60, "val_samples": 25, "dataloader": {"batch_size": 8, "num_workers": 1}}
+    process = spawn("preemptible_train.py", str(tmp_path / "preempted"), json.dumps(settings))
+    checkpoint_dir = read_until(process, "checkpoints ").split(" ", 1)[1]
+    read_until(process, "iter 11")
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.count("Ctrl-C: saving the run's state") == 1, stderr
+    latest = os.path.join(checkpoint_dir, "latest.pth")
+    (stopped,) = [line for line in stdout.splitlines() if line.startswith("stopped by")]
+    assert (
+        stopped
+        == f"stopped by SIGINT after saving the run's state; resume from {latest} (--checkpoint, or --resume true)"
+    )
+    run_state = json.loads((Path(checkpoint_dir).parent / "run.json").read_text())
+    assert run_state["state"] == "interrupted" and run_state["signal"] == "SIGINT", run_state
+    saved = dl.load(latest)
+    assert 11 <= saved["runner"]["iters"] < 24 and "position" in saved
+
+    resumed = ResumableRunner.from_checkpoint(latest)
+    resumed.train()
+    straight = ResumableRunner(make_config(tmp_path / "straight", **settings))
+    straight.train()
+    assert_bitwise_equal(final_state(resumed), final_state(straight))
+
+
+def test_second_ctrl_c_stops_at_once_without_waiting_for_the_step(tmp_path):
+    settings = {"epoch_end": 3, "samples": 60, "val_samples": 25, "delay": 5.0}
+    process = spawn("preemptible_train.py", str(tmp_path), json.dumps(settings))
+    checkpoint_dir = Path(read_until(process, "checkpoints ").split(" ", 1)[1])
+    read_until(process, "iter 2")  # then sleeps 5 s before the step ends
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)
+    signalled = time.monotonic()
+    _, stderr = process.communicate(timeout=60)
+    took = time.monotonic() - signalled
+    assert took < 3, f"a second Ctrl-C took {took:.1f} s to stop the run"
+    # Python ends an uncaught KeyboardInterrupt by SIGINT itself.
+    assert process.returncode == -signal.SIGINT and "KeyboardInterrupt" in stderr, (process.returncode, stderr)
+    assert not (checkpoint_dir / "latest.pth").exists(), "the step never ended: nothing to save"
+    run_state = json.loads((checkpoint_dir.parent / "run.json").read_text())
+    assert run_state["state"] == "interrupted" and run_state["signal"] == "SIGINT", run_state
 
 
 def test_sigkill_during_saves_never_leaves_a_bad_latest(tmp_path):
@@ -127,8 +178,9 @@ def test_processes_with_different_step_times_agree_on_the_step_to_stop_at(tmp_pa
     assert rank0["poll"] == rank1["poll"] and 40 < rank0["poll"] <= 40 + 2 * 13, (rank0, rank1)
 
 
-def test_sigterm_to_torchrun_with_logging_off_saves_long_before_its_kill_and_resumes_bitwise(
-    tmp_path, distributed_runner
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_torchrun_with_logging_off_saves_long_before_its_kill_and_resumes_bitwise(
+    tmp_path, distributed_runner, signum
 ):
     # torchrun passes SIGTERM on to its workers and kills them 30 s later. The epoch here lasts about 20 s (40
     # steps of 0.5 s) and never logs: the processes must agree on the signal within a few steps, not at its end.
@@ -144,23 +196,26 @@ def test_sigterm_to_torchrun_with_logging_off_saves_long_before_its_kill_and_res
     )
     checkpoint_dir = Path(read_until(agent, "checkpoints ").split(" ", 1)[1])
     read_until(agent, "iter 3")
-    agent.send_signal(signal.SIGTERM)
+    agent.send_signal(signum)  # Ctrl-C reaches torchrun only: its workers run in sessions of their own
     signalled = time.monotonic()
     try:
-        _, stderr = agent.communicate(timeout=45)
+        stdout, stderr = agent.communicate(timeout=45)
     finally:
         agent.kill()
     took = time.monotonic() - signalled
-    assert took < 10, f"torchrun took {took:.1f} s to stop after SIGTERM:\n{stderr}"
+    assert took < 10, f"torchrun took {took:.1f} s to stop after {signum.name}:\n{stderr}"
     # torchrun itself ends with status 1 when signalled (it raises SignalException); its workers stopped cleanly.
     stopped = [json.loads((tmp_path / f"rank{rank}-stopped.json").read_text()) for rank in (0, 1)]
-    assert [record["exit_code"] for record in stopped] == [128 + signal.SIGTERM] * 2, stderr
+    assert [record["exit_code"] for record in stopped] == [128 + signum] * 2, stderr
+    # One message for the run, from the main process; no worker prints a traceback.
+    assert stdout.count(f"stopped by {signum.name}") == 1, stdout
+    assert "KeyboardInterrupt" not in stderr and stderr.count("Traceback") <= 1, stderr
     steps = stopped[0]["steps"]
     assert stopped[1]["steps"] == steps and 3 <= steps < 40, stopped
     saved = dl.load(checkpoint_dir / "latest.pth")
     assert saved["runner"]["steps"] == steps and "position" in saved
     run_state = json.loads((checkpoint_dir.parent / "run.json").read_text())
-    assert run_state["state"] == "interrupted" and run_state["signal"] == "SIGTERM", run_state
+    assert run_state["state"] == "interrupted" and run_state["signal"] == signum.name, run_state
 
     distributed_runner(script, str(tmp_path), "finish", str(checkpoint_dir / "latest.pth"))
     for rank in (0, 1):
