@@ -9,9 +9,18 @@ from warnings import warn
 
 from chanfig import NestedDict
 
-from ..utils.io import atomic_copy, remove_stale_temporaries
+from ..utils.io import CorruptFileError, atomic_copy, remove_stale_temporaries
 from .config import Config, interval
-from .resumption import config_changes, describe_changes, refuse_changes, results_beyond, run_directory_of
+from .resumption import (
+    config_changes,
+    describe_changes,
+    keep_global_batch,
+    refuse_changes,
+    results_beyond,
+    run_directory_of,
+    run_finished,
+    same_checkpoint,
+)
 
 __all__ = [
     "CheckpointIO",
@@ -278,7 +287,7 @@ class CheckpointIO:
         ckpt = self.read_checkpoint_file(checkpoint, **kwargs)
         config = dict(ckpt.get("runner", ckpt))
         source = self.config.get("checkpoint") if isinstance(checkpoint, Mapping) else os.fsdecode(checkpoint)
-        record = None if overwrite else self._check_config_changes(config, source)
+        record = None if overwrite else self._check_config_changes(config, source, len(ckpt.get("rng") or [None]))
         run_dir = None
         if source is not None and self.config.get("dir") is None:
             run_dir = run_directory_of(source, config.get("checkpoint_dir_name") or self.config.checkpoint_dir_name)
@@ -310,9 +319,14 @@ class CheckpointIO:
             history.append(record)
             self.config.config_changes = history
 
-    def _check_config_changes(self, saved: Mapping, source: str | None) -> dict[str, Any] | None:
-        """Stop a resume whose config shapes the training differently, unless allowed; return the change record."""
+    def _check_config_changes(self, saved: Mapping, source: str | None, saved_world: int) -> dict[str, Any] | None:
+        """Stop a resume whose config shapes the training differently, unless allowed; return the change record.
+
+        `saved_world` is the number of processes that wrote the checkpoint: batch size and accumulation may change
+        with the number of processes where the global batch stays the same.
+        """
         shaping, steering = config_changes(saved, self.config)
+        keep_global_batch(shaping, steering, saved, self.config, saved_world, self.world_size)  # type: ignore[attr-defined]
         if shaping and not self.config.get("allow_config_change"):
             raise refuse_changes(shaping, source)
         notes = self.__dict__.setdefault("_start_notes", [])
@@ -326,12 +340,38 @@ class CheckpointIO:
         changes = {key: [old, new] for key, (old, new) in {**steering, **shaping}.items()}
         return {"checkpoint": source, "changes": changes, "allowed": sorted(shaping)}
 
+    def _newer_checkpoint_in(self, run_dir: str, source: str | None) -> str | None:
+        """A checkpoint of `run_dir`, newer than `source` and intact, if there is one; main process only."""
+        if source is None:
+            return None
+        run_root = os.path.dirname(run_dir)
+        checkpoint_dir_name, extension = self.config.checkpoint_dir_name, self.checkpoint_extension
+        for path in find_resumable_checkpoints(run_root, checkpoint_dir_name, extension):
+            if os.path.dirname(os.path.dirname(path)) != run_dir:
+                continue
+            if same_checkpoint(path, source):
+                return None  # newest first: everything after it is older
+            try:
+                self.read_checkpoint_file(path)
+            except (CorruptFileError, ValueError, OSError):
+                continue
+            return path
+        return None
+
     def _resume_directory(self, run_dir: str, checkpoint: Mapping, fresh_timestamp: str) -> str:
-        """`run_dir`, unless its results go past `checkpoint`: then a new directory beside it, said at start."""
+        """`run_dir`, unless it recorded more of the run than `checkpoint` holds and that record is worth keeping:
+        then a new directory beside it, said at start.
+
+        Results past the checkpoint are kept when the run finished, or when its directory holds a checkpoint, intact,
+        newer than the one resumed from: resuming there from an older checkpoint would overwrite them. Results past
+        the newest intact checkpoint of an unfinished run (a crash between an epoch's results and its save) are
+        recomputed by the resume, in place, as `resume=True` would.
+        """
         chosen = run_dir
         if self.is_main_process:  # type: ignore[attr-defined]
+            source = self.config.get("checkpoint")
             beyond = results_beyond(run_dir, checkpoint)
-            if beyond is not None:
+            if beyond is not None and (run_finished(run_dir) or self._newer_checkpoint_in(run_dir, source) is not None):
                 chosen = os.path.join(os.path.dirname(run_dir), fresh_timestamp)
                 if os.path.exists(chosen):
                     chosen = f"{chosen}-{os.getpid()}"

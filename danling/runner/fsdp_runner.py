@@ -93,8 +93,8 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
         if ema is not None and ema_copy is None:
             raise ValueError(
                 f"an EMA of type {type(ema).__name__} cannot be sharded by FSDP (it holds no copy of the model as an "
-                "nn.Module); use torch.optim.swa_utils.AveragedModel (with get_ema_multi_avg_fn), or an nn.Module "
-                "that holds its copy as `.module` and updates it with `update(model)`, as timm's ModelEmaV2 does"
+                "nn.Module in `.module`); use torch.optim.swa_utils.AveragedModel (with get_ema_multi_avg_fn), or an "
+                "EMA that holds its copy as `.module` and updates it with `update(model)`, as timm's ModelEmaV2 does"
             )
         # Processes seed differently (by rank), so their initial weights differ; DDP would broadcast rank 0's.
         du.broadcast_module(model)
@@ -154,7 +154,8 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
         state: dict[str, Any] = {"model": dcp.ModelOptimizerState(self.model, self.optimizer)}  # type: ignore[arg-type]
         ema: Any = self.ema
         if ema is not None:
-            state["ema"] = dcp.ModelOptimizerState(ema)
+            # wrap_model refused an EMA with no module to shard, so one of the two is a module here.
+            state["ema"] = dcp.ModelOptimizerState(ema if isinstance(ema, nn.Module) else ema.module)
         return state
 
     def save_checkpoint(self, name: str = "latest", epochs: int | None = None, save_best: bool = True) -> None:
@@ -265,21 +266,24 @@ def consolidate_checkpoint(checkpoint: str, output: str, ema: bool = False) -> s
     key = "ema" if ema else "model"
     state = dcp.dcp_to_full_state_dict(directory, keys=[key])
     weights = state[key]["model"]
-    if ema:
+    if ema and any(name.startswith("module.") for name in weights):
+        # An EMA that is a module (`AveragedModel`) was saved whole; one that is not, as its copy of the model.
         weights = {name[len("module.") :]: value for name, value in weights.items() if name.startswith("module.")}
     save(weights, output)
     return output
 
 
 def ema_model_copy(ema: Any) -> nn.Module | None:
-    """The EMA's copy of the model, which FSDP shards like the model: `ema.module` when `ema` is an `nn.Module`
-    holding one (`torch.optim.swa_utils.AveragedModel`, timm's `ModelEmaV2`); `None` for any other EMA.
+    """The EMA's copy of the model, which FSDP shards like the model: `ema.module` when it is an `nn.Module`
+    (`torch.optim.swa_utils.AveragedModel`, timm's `ModelEmaV2`, an EMA of the `update(model)` kind that is not a
+    module itself); `None` for any other EMA.
 
-    The EMA is saved whole (its `state_dict`, through DCP) and updated with its own `update_parameters(model)` or
-    `update(model)`, shard by shard: both copies are sharded alike, so their entries line up.
+    The EMA is saved through DCP (the whole EMA when it is a module, else its copy) and updated with its own
+    `update_parameters(model)` or `update(model)`, shard by shard: both copies are sharded alike, so their entries
+    line up.
     """
     module = getattr(ema, "module", None)
-    return module if isinstance(ema, nn.Module) and isinstance(module, nn.Module) else None
+    return module if isinstance(module, nn.Module) else None
 
 
 def _rebind_optimizer(optimizer: Any, names: Mapping[int, str], sharded: Mapping[str, nn.Parameter]) -> None:

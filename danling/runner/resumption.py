@@ -22,6 +22,8 @@ __all__ = [
     "reapply_hyperparameters",
     "refuse_changes",
     "results_beyond",
+    "run_finished",
+    "same_checkpoint",
     "run_directory_of",
 ]
 
@@ -71,6 +73,32 @@ def config_changes(saved: Mapping, current: Mapping) -> tuple[Changes, Changes]:
         target = steering if key in RESUME_STEERING_KEYS or top in RESUME_STEERING_KEYS else shaping
         target[key] = (previous, value)
     return shaping, steering
+
+
+GLOBAL_BATCH_KEYS = frozenset({"accum_steps", "dataloader.batch_size", "dataloader.train.batch_size"})
+"""Keys that a resume on another number of processes may change together, if the global batch stays the same."""
+
+
+def global_batch(config: Mapping, world_size: int) -> int:
+    """Samples per optimizer step over all processes: the training batch size × `accum_steps` × `world_size`."""
+    flat = _flatten(config)
+    batch = flat.get("dataloader.train.batch_size") or flat.get("dataloader.batch_size") or 1
+    return int(batch) * int(flat.get("accum_steps") or 1) * world_size
+
+
+def keep_global_batch(
+    shaping: Changes, steering: Changes, saved: Mapping, current: Mapping, saved_world: int, world: int
+) -> None:
+    """Move batch-size and accumulation changes from `shaping` to `steering` where they keep the global batch.
+
+    Resuming on another number of processes with `accum_steps` (or the batch size) scaled to match trains on the
+    same samples per optimizer step: the same experiment, which only the order of float additions tells apart.
+    """
+    batch_changes = [key for key in shaping if key in GLOBAL_BATCH_KEYS]
+    if not batch_changes or global_batch(saved, saved_world) != global_batch(current, world):
+        return
+    for key in batch_changes:
+        steering[key] = shaping.pop(key)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -139,6 +167,35 @@ def results_beyond(run_dir: str, checkpoint: Mapping) -> int | None:
     if last_recorded is None or last_recorded <= last_held:
         return None
     return last_recorded
+
+
+def run_finished(run_dir: str) -> bool:
+    """Whether `run_dir`'s `run.json` says the run finished."""
+    try:
+        with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as file:
+            return json.load(file).get("state") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def same_checkpoint(a: str, b: str) -> bool:
+    """Whether paths `a` and `b` name the same checkpoint: one file (a hard link too), or pointers to one directory."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        return False
+    extension = os.path.splitext(a)[1]
+    if extension in ("", ".pth") or extension != os.path.splitext(b)[1]:
+        return False
+    # Pointer files (`latest.dcp`, `epoch-3.dcp`) are small JSON files that name a directory.
+    from ..utils.io import CorruptFileError
+    from .pointers import resolve_checkpoint
+
+    try:
+        return os.path.samefile(resolve_checkpoint(a), resolve_checkpoint(b))
+    except (OSError, CorruptFileError):
+        return False
 
 
 def reapply_hyperparameters(optimizer: Any, scheduler: Any, fresh_groups: list[dict], fresh_base: list | None) -> None:

@@ -170,8 +170,8 @@ def test_a_checkpoint_config_keeps_its_run_id_until_it_changes(tmp_path):
     changed = dl.Config(stored)
     changed.lr = 0.02
     assert changed.run_id == changed.run_uuid.hex != runner.config.run_id
-    # Continuing a run from its checkpoint keeps the run's id, whatever else the config now says.
-    continued = FillingRunner(make_config(tmp_path, epoch_end=3, lr=0.02, checkpoint=path))
+    # Continuing a run from its checkpoint keeps the run's id, whatever else the config now says (when allowed).
+    continued = FillingRunner(make_config(tmp_path, epoch_end=3, lr=0.02, checkpoint=path, allow_config_change=True))
     assert continued.id == runner.id
 
 

@@ -14,7 +14,7 @@ import yaml
 from toys import RegressionRunner, make_config
 
 import danling as dl
-from danling.runner.resumption import ConfigChangeError
+from danling.runner.resumption import ConfigChangeError, config_changes, keep_global_batch
 from danling.utils.git import git_state
 
 
@@ -130,6 +130,40 @@ def test_a_resume_from_an_older_checkpoint_never_overwrites_newer_results(tmp_pa
     assert len(read_json(os.path.join(resumed.dir, "results.json"))["results"]) == 6
 
 
+def set_run_state(run_dir, state) -> None:
+    path = os.path.join(run_dir, "run.json")
+    record = read_json(path)
+    record["state"] = state
+    with open(path, "w") as file:
+        json.dump(record, file)
+
+
+def test_an_unfinished_run_with_a_newer_checkpoint_is_not_overwritten_either(tmp_path, capsys):
+    runner = first_run(tmp_path, epoch_end=4, save_interval=1)
+    set_run_state(runner.dir, "interrupted")  # stopped after epoch 3, `latest` holds it
+    before = read_text(os.path.join(runner.dir, "results.json"))
+    snapshot = os.path.join(runner.checkpoint_dir, "epoch-1.pth")
+    resumed = ScheduledRegression(make_config(tmp_path, epoch_end=4, lr=0.05, checkpoint=snapshot))
+    assert resumed.dir != runner.dir and "already holds results past this checkpoint" in capsys.readouterr().out
+    resumed.train()
+    assert read_text(os.path.join(runner.dir, "results.json")) == before
+
+
+def test_results_past_the_newest_intact_checkpoint_of_a_crashed_run_are_redone_in_place(tmp_path):
+    # A crash after epoch 3's results were written and before its save completed: the newest checkpoint that loads
+    # is epoch 2's. Resuming from it (as resume=True would) continues the run where it is.
+    runner = first_run(tmp_path, epoch_end=4, save_interval=1)
+    set_run_state(runner.dir, "crashed")
+    for name in ("latest.pth", "best.pth", "epoch-3.pth"):
+        os.remove(os.path.join(runner.checkpoint_dir, name))
+    snapshot = os.path.join(runner.checkpoint_dir, "epoch-2.pth")
+    resumed = ScheduledRegression(make_config(tmp_path, epoch_end=4, lr=0.05, checkpoint=snapshot))
+    assert resumed.dir == runner.dir
+    resumed.train()
+    assert sorted(read_json(os.path.join(runner.dir, "results.json"))["results"], key=int) == ["0", "1", "2", "3"]
+    assert read_json(os.path.join(runner.dir, "run.json"))["state"] == "finished"
+
+
 def test_run_json_records_the_commit_and_a_hash_of_uncommitted_changes(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -158,3 +192,16 @@ def test_from_checkpoint_of_an_unchanged_config_reports_nothing(tmp_path, capsys
     assert "resume:" not in capsys.readouterr().out
     assert resumed.config.get("config_changes") is None
     assert torch.equal(resumed.model.weight, runner.model.weight)
+
+
+def test_accumulation_may_change_with_the_number_of_processes_only_if_the_global_batch_stays():
+    saved = {"accum_steps": 2, "dataloader": {"batch_size": 8}, "optim": {"lr": 0.1}}
+    current = {"accum_steps": 1, "dataloader": {"batch_size": 8}, "optim": {"lr": 0.1}}
+    shaping, steering = config_changes(saved, current)
+    assert shaping == {"accum_steps": (2, 1)} and steering == {}
+    keep_global_batch(shaping, steering, saved, current, saved_world=1, world=2)  # 8 × 2 × 1 = 8 × 1 × 2
+    assert shaping == {} and steering == {"accum_steps": (2, 1)}
+
+    shaping, steering = config_changes(saved, current)
+    keep_global_batch(shaping, steering, saved, current, saved_world=1, world=1)  # 16 samples a step, then 8
+    assert shaping == {"accum_steps": (2, 1)} and steering == {}

@@ -105,7 +105,8 @@ def resume(root: str) -> dict:
         broken = Recorded(make_config(crashed_root, fail_at_iter=fail_at_iter, **crash))
         with contextlib.suppress(Interrupted):
             broken.train()
-        resumed = Recorded(make_config(crashed_root, resume=True, fail_at_iter=-1, **crash))
+        resumed = Recorded(make_config(crashed_root, resume=True, **crash))
+        resumed.config.fail_at_iter = None  # taken over from the crashed run's config
         report[case] = {"from": resumed.config.checkpoint, "epoch_begin": resumed.config.epoch_begin}
         resumed.__dict__["lrs"] = straight.lrs[: resumed.config.steps]
         resumed.train()

@@ -178,7 +178,8 @@ def main() -> None:
         broken = ResumableRunner(make_config(resumed_root, fail_at_iter=15, **crash))
         with contextlib.suppress(Interrupted):
             broken.train()
-        resumed = ResumableRunner(make_config(resumed_root, resume=True, fail_at_iter=-1, **crash))
+        resumed = ResumableRunner(make_config(resumed_root, resume=True, **crash))
+        resumed.config.fail_at_iter = None  # taken over from the crashed run's config
         report["resumed_from"] = resumed.config.checkpoint
         resumed.train()
         report["resumed"] = full(resumed)
@@ -241,6 +242,7 @@ def main() -> None:
         torch.distributed.barrier()
         config = make_config(root, platform="fsdp", epoch_end=2, **SAMPLES)
         config.checkpoint, config.moved_to = os.path.join(checkpoints, "latest.dcp"), targets["epoch-0"]
+        config.allow_config_change = True  # `moved_to`, the test's own key, is not in the checkpoint's config
         resumed = MovedPointerRunner(config)
         report["steps"] = resumed.config.steps
         report["model"] = full(resumed)["model"]
