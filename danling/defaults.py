@@ -10,9 +10,9 @@ DEFAULT_PROJECT_ROOT = "experiments"
 DEFAULT_CHECKPOINT_DIR_NAME = "checkpoints"
 DEFAULT_SCORE_NAME = "loss"
 
-# Fields that change as a run progresses, or that only say where it is stored or resumed from: the run's
-# identity (`run_uuid`, `run_id`, the config's hash) must not depend on them.
-IGNORED_NAMES_IN_HASH = frozenset(
+# Fields that change as a run progresses, or that only say where it is stored or what it resumes from. A resume
+# never compares them with the checkpoint's.
+PROGRESS_AND_STORAGE_NAMES = frozenset(
     {
         "iters",
         "steps",
@@ -34,6 +34,39 @@ IGNORED_NAMES_IN_HASH = frozenset(
         "config_changes",
     }
 )
+
+# Fields that say how a run is carried out (processes, process group, devices, how the model is sharded over them),
+# how it reports (logging, progress, TensorBoard) and how it keeps its checkpoints, not what it computes. A runner
+# writes some of them when it starts (`backend` once it joins a process group), and a relaunch may change any of
+# them: the same run on one process and under `torchrun --nproc_per_node 2`, or with other logging, is the same
+# run, and `resume=True` must find its checkpoint. Each is also in `RESUME_STEERING_KEYS`: a resume may change it.
+EXECUTION_NAMES = frozenset(
+    {
+        "backend",
+        "init_method",
+        "world_size",
+        "rank",
+        "local_rank",
+        "device",
+        "fsdp_units",
+        "fsdp_min_unit_params",
+        "reshard_after_forward",
+        "log",
+        "log_interval",
+        "tensorboard",
+        "progress",
+        "checkpoint_dir_name",
+        "save_checkpoints",
+        "save_interval",
+        "max_epoch_checkpoints",
+        "checkpoint_interval",
+        "checkpoint_spare",
+    }
+)
+
+# The run's identity (`run_uuid`, `run_id`, the config's hash) derives from every other field: those that change the
+# experiment (model, optimizer, data, seed, precision, accumulation, platform, how long it trains, ...).
+IGNORED_NAMES_IN_HASH = PROGRESS_AND_STORAGE_NAMES | EXECUTION_NAMES
 
 # Keys of a result that are bookkeeping, not splits: never chosen as the score split.
 IGNORED_SET_NAMES = ("index", "epoch", "epochs", "step", "steps", "iter", "iters", "time", "timestamp")
@@ -94,7 +127,9 @@ RESUME_STEERING_KEYS = frozenset(
         "world_size",
         "rank",
         "device",
+        "local_rank",
         "fsdp_units",
+        "fsdp_min_unit_params",
         "reshard_after_forward",
         "evaluate_splits",
         "allow_config_change",

@@ -49,8 +49,9 @@ class Config(chanfig.Config):
     `deepspeed` platform, merged with what the fields below say (see `DeepSpeedRunner`).
 
     The run's identity derives from the content: [`run_uuid`][danling.runner.Config.run_uuid] (and so `run_id` and
-    `hash(config)`) is a UUID of every field except progress counters and storage locations (see
-    [`IGNORED_NAMES_IN_HASH`][danling.defaults.IGNORED_NAMES_IN_HASH]), so it stays the same as training advances.
+    `hash(config)`) is a UUID of every field except progress counters, storage locations and how the run is carried
+    out (processes, backend, device, logging; see [`IGNORED_NAMES_IN_HASH`][danling.defaults.IGNORED_NAMES_IN_HASH]),
+    so it stays the same as training advances and on any number of processes.
     `run_id` is a key like the others (`config["run_id"]`, `config.dict()`, the saved `config.yaml`); see
     [`run_id`][danling.runner.Config.run_id] for when a stored value is kept.
 
@@ -405,7 +406,8 @@ class Config(chanfig.Config):
 
     @property
     def run_uuid(self) -> UUID:
-        """UUID of the run: the config's content, less progress counters, storage locations and a drawn seed."""
+        """UUID of the run: the config's content, less progress counters, storage locations, how the run is carried
+        out (processes, backend, device, logging) and a drawn seed."""
         content: Mapping = self._content()
         identity = {key: value for key, value in content.items() if key not in IGNORED_NAMES_IN_HASH}
         if content.get("seed_drawn"):

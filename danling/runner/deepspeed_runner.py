@@ -41,6 +41,8 @@ POINTER_EXTENSION = CHECKPOINT_EXTENSIONS["deepspeed"]
 RUN_STATE_FILE = "runner.pth"
 ENGINE_DIR_NAME = "deepspeed"
 MODEL_STATES_PATTERN = "*model_states.pt"
+# ZeRO's optimizer partitions, one file per data-parallel process (`bf16_` before the name under bf16).
+ZERO_PARTITIONS_PATTERN = "*zero_pp_rank_*_optim_states.pt"
 
 ELEMENTWISE_OPTIMIZERS = tuple(
     getattr(torch.optim, name)
@@ -358,7 +360,12 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
     def load_checkpoint(self, checkpoint: CheckpointLike, *args: Any, **kwargs: Any) -> None:
         """Restore the engine (model, optimizer partitions, DeepSpeed's scheduler) and the run state.
 
-        Collective: every process reads its part. Resume on the number of processes that saved it.
+        Collective: every process reads its part. A checkpoint of ZeRO stage 1 or 2 loads on the number of
+        processes that saved it only (DeepSpeed does not repartition the optimizer state); stage 0 loads on any.
+
+        Raises:
+            ValueError: If the checkpoint's ZeRO optimizer state is partitioned over another number of processes
+                than this run has; the message says how to go on.
         """
         if self.model is None:
             raise ValueError("model is not defined: assign self.model before loading a checkpoint")
@@ -366,6 +373,7 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
         if ENGINE_DIR_NAME not in state:
             raise ValueError("a DeepSpeed runner loads DeepSpeed checkpoints; use load_pretrained for model weights")
         directory = os.path.normpath(state[ENGINE_DIR_NAME])
+        _check_partitions(directory, self.world_size)
         engine: Any = self.model
         path, _ = engine.load_checkpoint(os.path.dirname(directory), tag=os.path.basename(directory))
         if path is None:
@@ -388,6 +396,19 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
         refresh = getattr(self.optimizer, "refresh_fp32_params", None)
         if callable(refresh):
             refresh()
+
+
+def _check_partitions(directory: str, world_size: int) -> None:
+    """Refuse, before DeepSpeed fails inside its engine, a ZeRO checkpoint partitioned over another world size."""
+    saved = len(glob.glob(os.path.join(directory, ZERO_PARTITIONS_PATTERN)))
+    if saved in (0, world_size):  # stage 0 keeps the optimizer whole, in the model states
+        return
+    raise ValueError(
+        f"checkpoint {directory} holds ZeRO optimizer state partitioned over {saved} process(es), and this run has "
+        f"{world_size}: DeepSpeed cannot repartition it. Resume on {saved} process(es) "
+        f"(torchrun --nproc_per_node {saved}), or start a new run from its weights: --pretrained {directory} "
+        "without --resume or --checkpoint"
+    )
 
 
 def _cast_floats(data: Any, dtype: torch.dtype) -> Any:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..defaults import IGNORED_NAMES_IN_HASH, RESUME_IDENTITY_KEYS, RESUME_STEERING_KEYS
+from ..defaults import PROGRESS_AND_STORAGE_NAMES, RESUME_IDENTITY_KEYS, RESUME_STEERING_KEYS
 
 __all__ = [
     "ConfigChangeError",
@@ -65,7 +65,7 @@ def config_changes(saved: Mapping, current: Mapping) -> tuple[Changes, Changes]:
     steering: Changes = {}
     for key, value in new.items():
         top = key.split(".", 1)[0]
-        if value is None or top in IGNORED_NAMES_IN_HASH or top in RESUME_IDENTITY_KEYS:
+        if value is None or top in PROGRESS_AND_STORAGE_NAMES or top in RESUME_IDENTITY_KEYS:
             continue
         previous = old.get(key)
         if _same(previous, value):
