@@ -279,7 +279,7 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
         bf16/fp16 the module holds only their rounding. On several processes each holds a part of the master
         weights, and every process must average the same values, so the module's weights are averaged (what
         gathering the fp32 weights would cost is a second all-reduce of the model at every step). Either way
-        [`average_in_place`][danling.runner.ema.average_in_place] casts at most one tensor at a time: no fp32 copy
+        `danling.runner.ema.average_in_place` casts at most one tensor at a time: no fp32 copy
         of the whole model. An EMA of the `update(model)` kind is given the module.
         """
         ema: Any = self.ema
