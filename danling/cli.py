@@ -234,7 +234,7 @@ def _results_table(config: dict, results: dict, by_steps: bool = False, last: in
     columns = table_columns(results[next(reversed(results))])
     index_name = "step" if by_steps else "epoch"
     indices = list(results)
-    kept = range(len(indices))
+    kept: Sequence[int] = range(len(indices))
     if last is not None:
         kept = [n for n, index in enumerate(indices) if n >= len(indices) - last or index == best_index]
     table = format_results_table(

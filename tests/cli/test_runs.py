@@ -22,7 +22,6 @@ import yaml
 from toys import ClassificationRunner, Interrupted, ResumableRunner, make_config
 
 import danling as dl
-
 from danling.runs import CONFIG_FILE, RUN_STATES, STATE_FILE, read_run, resume_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,7 +118,7 @@ def test_a_text_file_given_as_checkpoint_is_called_no_checkpoint_and_loading_pic
     # The run's own config.yaml passed as --checkpoint, under its name or under a checkpoint's.
     runner = trained_runner(tmp_path)
     path = tmp_path / name
-    path.write_text(open(runner.write_config_file()).read())
+    path.write_text(Path(runner.write_config_file()).read_text())
     for construct in (
         lambda: RegressionRunner(make_config(tmp_path / "again", checkpoint=str(path))),
         lambda: RegressionRunner.from_checkpoint(str(path)),
