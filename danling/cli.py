@@ -2,7 +2,7 @@
 
 ```
 danling runs [ROOT] [--name PATTERN] [--json]   one row per run under ROOT (default: experiments), oldest first
-danling show RUN_DIR [--json]                   config, results table, checkpoints and the command that resumes
+danling show RUN_DIR [--all] [--json]           config, results table, checkpoints and the command that resumes
 ```
 
 It is installed as the `danling` console script and runs as `python -m danling`. It reads only the files of the run
@@ -23,10 +23,12 @@ from .runs import (
     CONFIG_FILE,
     RunSummary,
     checkpoint_dir,
+    checkpoint_size,
     find_latest,
     find_run_dirs,
     find_runs,
     is_run_dir,
+    pointer_target,
     read_config,
     read_results,
     read_run,
@@ -38,7 +40,11 @@ from .scoring import find_best_index, find_scores, format_results_table, table_c
 
 __all__ = ["format_runs_table", "main"]
 
-_RUNS_COLUMNS = ("experiment", "run", "id", "timestamp", "state", "epochs", "steps", "best", "dir")
+# "epochs done" counts epochs, while the console names each epoch by its index from 0 (`epoch [19/19]` is the
+# 20th of 20): the heading says which, so `20/20` here and `[19/19]` there cannot be read as disagreeing.
+_RUNS_COLUMNS = ("experiment", "run", "id", "timestamp", "state", "epochs done", "steps", "best", "dir")
+# Rows of the results table `show` prints without `--all`: the best epoch and this many last ones.
+_SHOWN_LAST = 5
 # States after which `latest` is worth pointing out: the run did not end on its own.
 _UNFINISHED_STATES = ("interrupted", "crashed", "unknown")
 
@@ -72,7 +78,9 @@ def _build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(handler=_runs)
     show = commands.add_parser("show", help="config, results, checkpoints and resume command of one run")
     show.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or a {name}-{id} directory: its newest)")
-    show.add_argument("--json", action="store_true", help="print a JSON object, for scripts")
+    every = f"every epoch in the results table (default: the best and the last {_SHOWN_LAST})"
+    show.add_argument("--all", action="store_true", help=every)
+    show.add_argument("--json", action="store_true", help="print a JSON object, for scripts (every epoch)")
     show.set_defaults(handler=_show)
     return parser
 
@@ -140,7 +148,7 @@ def _show(args: argparse.Namespace) -> None:
         report = {**run.to_dict(), "config": config, "results": results, "resume_command": command}
         print(json.dumps(report, indent=2))
         return
-    print("\n".join(_show_lines(run, config, results, command, state)))
+    print("\n".join(_show_lines(run, config, results, command, state, every_row=args.all)))
 
 
 def _resolve_run_dir(path: str) -> str:
@@ -157,7 +165,12 @@ def _resolve_run_dir(path: str) -> str:
 
 
 def _show_lines(
-    run: RunSummary, config: dict | None, results: dict, command: str | None, state: dict | None
+    run: RunSummary,
+    config: dict | None,
+    results: dict,
+    command: str | None,
+    state: dict | None,
+    every_row: bool = False,
 ) -> list[str]:
     updated = f", updated {run.updated}" if run.updated else ""
     lines = [
@@ -166,7 +179,7 @@ def _show_lines(
         f"timestamp:   {run.timestamp or '-'}",
         f"directory:   {run.dir}",
         f"state:       {_state_text(run)}{updated}",
-        f"epochs:      {_progress(run.epochs, run.epoch_end)}{' (passes, training by steps)' if run.by_steps else ''}",
+        f"epochs:      {_epochs_text(run, results)}",
         f"steps:       {_progress(run.steps, run.step_end)}",
         f"best:        {_best_text(run, at='at step' if run.by_steps else 'at epoch')}",
     ]
@@ -178,12 +191,11 @@ def _show_lines(
     else:
         with open(os.path.join(run.dir, CONFIG_FILE), encoding="utf-8") as fp:
             lines += [f"  {line}" for line in fp.read().splitlines()]
-    lines += ["", "results:", _results_table(config or {}, results, run.by_steps) or "  no results yet"]
+    table = _results_table(config or {}, results, run.by_steps, None if every_row else _SHOWN_LAST)
+    lines += ["", "results:", table or "  no results yet"]
     directory = checkpoint_dir(run.dir, state, config)
     lines += ["", f"checkpoints ({directory}):"]
-    width = max(map(len, run.checkpoints), default=0)
-    sizes = [_size(os.path.join(directory, name)) for name in run.checkpoints]
-    lines += [f"  {name:<{width}}  {size}" for name, size in zip(run.checkpoints, sizes)] or ["  none"]
+    lines += _checkpoint_lines(directory, run.checkpoints) or ["  none"]
     lines += ["", "resume:"]
     if command is not None:
         lines.append(f"  {command}")
@@ -195,8 +207,23 @@ def _show_lines(
     return lines
 
 
-def _results_table(config: dict, results: dict, by_steps: bool = False) -> str:
-    """The table `runner.results_table()` prints, from the results and config on disk."""
+def _epochs_text(run: RunSummary, results: dict) -> str:
+    """Epochs done, and how the console named the last one: `3 of 10 done (the last printed as epoch [2/9])`."""
+    if run.by_steps:
+        return f"{_progress(run.epochs, run.epoch_end)} (passes, training by steps)"
+    text = f"{run.epochs} of {run.epoch_end} done" if run.epoch_end else f"{run.epochs} done"
+    last = next(reversed(results), None)
+    if run.epoch_end and isinstance(last, int):
+        text += f" (the last printed as epoch [{last}/{run.epoch_end - 1}])"
+    return text
+
+
+def _results_table(config: dict, results: dict, by_steps: bool = False, last: int | None = None) -> str:
+    """The table `runner.results_table()` prints, from the results and config on disk.
+
+    With `last`, only the best row and the `last` last rows are shown: a `...` row stands for the rows left out
+    between them, and a line after the table says how many there are.
+    """
     if not results:
         return ""
     try:
@@ -205,14 +232,57 @@ def _results_table(config: dict, results: dict, by_steps: bool = False) -> str:
     except ValueError:  # the score is not in the results: the table has no best row
         best_index = None
     columns = table_columns(results[next(reversed(results))])
-    return format_results_table(results, columns, best_index, index_name="step" if by_steps else "epoch")
+    index_name = "step" if by_steps else "epoch"
+    indices = list(results)
+    kept: Sequence[int] = range(len(indices))
+    if last is not None:
+        kept = [n for n, index in enumerate(indices) if n >= len(indices) - last or index == best_index]
+    table = format_results_table(
+        {indices[n]: results[indices[n]] for n in kept}, columns, best_index, index_name=index_name
+    )
+    hidden = len(indices) - len(kept)
+    if not hidden:
+        return table
+    header, *rows = table.splitlines()
+    lines, previous = [header], -1
+    for position, row in zip(kept, rows):
+        if position != previous + 1:
+            lines.append("  ...")
+        lines.append(row)
+        previous = position
+    noun = "evaluations" if by_steps else "epochs"
+    lines.append(f"({hidden} of {len(indices)} {noun} not shown: --all shows every one)")
+    return "\n".join(lines)
 
 
-def _size(path: str) -> str:
-    try:
-        size = float(os.path.getsize(path))
-    except OSError:  # removed while we were listing
+def _checkpoint_lines(directory: str, names: Sequence[str]) -> list[str]:
+    """One line per checkpoint: its name, its size and, for a pointer, the directory it names.
+
+    A pointer (`latest.dcp`) is a few bytes; its size is that of the checkpoint directory it names.
+    """
+    width = max(map(len, names), default=0)
+    lines = []
+    for name in names:
+        path = os.path.join(directory, name)
+        target = pointer_target(path)
+        line = f"  {name:<{width}}  {_size(checkpoint_size(path)):>8}"
+        if target is not None:
+            missing = "" if os.path.isdir(target) else " (missing)"
+            line += f"  -> {os.path.relpath(target, directory)}{missing}"
+        lines.append(line)
+    return lines
+
+
+def _size(size: float | None) -> str:
+    """`size` bytes for people: `30 B`, `32.8 kB`, `1.2 GB`; `?` for `None` (a file that is gone).
+
+    Examples:
+        >>> _size(30), _size(32_768), _size(None)
+        ('30 B', '32.8 kB', '?')
+    """
+    if size is None:
         return "?"
+    size = float(size)
     units = ("B", "kB", "MB", "GB", "TB")
     unit = 0
     while size >= 1000 and unit < len(units) - 1:

@@ -9,6 +9,10 @@ DEFAULT_EXPERIMENT_ID = "xxxxxxxxxxxxxxxx"
 DEFAULT_PROJECT_ROOT = "experiments"
 DEFAULT_CHECKPOINT_DIR_NAME = "checkpoints"
 DEFAULT_SCORE_NAME = "loss"
+# When `log_interval` is unset: step lines per pass over the longest split (its first and last batch included), and
+# about how many a whole run logs between the first and last batches of its passes.
+DEFAULT_LOG_LINES_PER_PASS = 5
+DEFAULT_LOG_LINES_PER_RUN = 500
 
 # Fields that change as a run progresses, or that only say where it is stored or what it resumes from. A resume
 # never compares them with the checkpoint's.

@@ -33,15 +33,18 @@ __all__ = [
     "CHECKPOINT_EXTENSIONS",
     "CONFIG_DIFF_FILE",
     "CONFIG_FILE",
+    "POINTER_EXTENSIONS",
     "RESULTS_FILE",
     "RUN_STATES",
     "STATE_FILE",
     "RunSummary",
+    "checkpoint_size",
     "find_latest",
     "find_run_dirs",
     "find_runs",
     "list_checkpoints",
     "match_name",
+    "pointer_target",
     "read_config",
     "read_results",
     "read_run",
@@ -214,6 +217,9 @@ CHECKPOINT_EXTENSIONS: dict[str, str] = {
     "accelerate": ".accelerate",
 }
 """The extension of each platform's checkpoints: a file (`latest.pth`), or a pointer to a directory (`latest.dcp`)."""
+POINTER_EXTENSIONS = tuple(extension for extension in CHECKPOINT_EXTENSIONS.values() if extension != ".pth")
+"""Extensions of the checkpoints that are pointers: a small JSON file `{"path": DIRECTORY}` naming the directory,
+relative to the checkpoint directory, that holds the checkpoint (see `danling.runner.pointers`)."""
 
 
 def trains_by_steps(config: Mapping) -> bool:
@@ -244,6 +250,40 @@ def list_checkpoints(directory: str) -> list[str]:
         return ({"latest": 0, "best": 1}.get(stem, 2), int(number.group(1)) if number else -1, name)
 
     return sorted(names, key=order)
+
+
+def pointer_target(path: str) -> str | None:
+    """The directory the pointer checkpoint at `path` (`latest.dcp`, `best.ds`, ...) names; `None` for a checkpoint
+    that is not a pointer, or a pointer that cannot be read."""
+    if not path.endswith(POINTER_EXTENSIONS):
+        return None
+    content = read_json(path)
+    target = content.get("path") if isinstance(content, dict) else None
+    return os.path.join(os.path.dirname(path), target) if isinstance(target, str) else None
+
+
+def checkpoint_size(path: str) -> int | None:
+    """Bytes the checkpoint at `path` takes: the file's size, or for a pointer the size of every file in the
+    directory it names (not the few bytes of the pointer); `None` when it, or what it names, is gone.
+
+    Pointers naming the same directory (`latest` and `best` after a new best) each count all of it.
+    """
+    target = pointer_target(path)
+    if target is None:
+        try:
+            return os.path.getsize(path)
+        except OSError:  # removed while we were listing
+            return None
+    if not os.path.isdir(target):
+        return None
+    total = 0
+    for directory, _, names in os.walk(target):
+        for name in names:
+            try:
+                total += os.path.getsize(os.path.join(directory, name))
+            except OSError:  # removed while we were walking (a save pruning an older checkpoint)
+                continue
+    return total
 
 
 def read_run(run_dir: str) -> RunSummary:

@@ -9,7 +9,8 @@ from warnings import warn
 
 from chanfig import NestedDict
 
-from ..utils.io import CorruptFileError, atomic_copy, remove_stale_temporaries
+from ..runs import POINTER_EXTENSIONS
+from ..utils.io import CorruptFileError, atomic_copy, not_a_torch_file, remove_stale_temporaries
 from .config import Config, interval
 from .resumption import (
     config_changes,
@@ -47,7 +48,8 @@ def read_checkpoint(checkpoint: CheckpointLike, what: str = "checkpoint", **kwar
 
     Raises:
         FileNotFoundError: If the path does not exist.
-        ValueError: If `checkpoint` is neither a path nor a Mapping, or the file does not hold a Mapping.
+        ValueError: If `checkpoint` is neither a path nor a Mapping, the file is not a torch file (a `config.yaml`,
+            say), or it does not hold a Mapping.
     """
     if isinstance(checkpoint, Mapping):
         return checkpoint
@@ -56,6 +58,13 @@ def read_checkpoint(checkpoint: CheckpointLike, what: str = "checkpoint", **kwar
     path = os.fsdecode(checkpoint)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} is set to {path!r} but does not exist")
+    # Pointers (`latest.dcp`) are small JSON files that their platform's reader follows.
+    content = None if path.endswith(POINTER_EXTENSIONS) or not os.path.isfile(path) else not_a_torch_file(path)
+    if content is not None:
+        raise ValueError(
+            f"{what} {path!r} is not a checkpoint: it holds {content}. A checkpoint is a file the runner saved, "
+            "such as checkpoints/latest.pth in a run directory"
+        )
     loaded = _load(path, **kwargs)
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{what} {path!r} holds a {type(loaded).__name__}, expected a Mapping")

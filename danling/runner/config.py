@@ -17,6 +17,8 @@ from ..defaults import (
     DEFAULT_CHECKPOINT_DIR_NAME,
     DEFAULT_EXPERIMENT_ID,
     DEFAULT_EXPERIMENT_NAME,
+    DEFAULT_LOG_LINES_PER_PASS,
+    DEFAULT_LOG_LINES_PER_RUN,
     DEFAULT_PROJECT_ROOT,
     DEFAULT_RUN_NAME,
     DEFAULT_SCORE_NAME,
@@ -25,7 +27,7 @@ from ..defaults import (
 from ..utils.git import get_git_hash
 from ..utils.io import to_builtin
 
-__all__ = ["INTERVALS", "PLATFORMS", "PRECISIONS", "Config", "interval"]
+__all__ = ["INTERVALS", "PLATFORMS", "PRECISIONS", "Config", "default_log_interval", "interval"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 """Values `Config.precision` accepts (besides `None`, which means fp32)."""
@@ -134,7 +136,9 @@ class Config(chanfig.Config):
     progress: bool = True
     """Show progress bars on the main process when stdout is a terminal."""
     log_interval: int | None = None
-    """Log every this many iterations; `None` logs about ten times per epoch, `0` or a negative value never."""
+    """Log a step line every this many batches of a pass (and at its last batch); `0` or a negative value never.
+    `None` chooses one from the data (see `default_log_interval`): at most five lines per pass, fewer in a long run,
+    so that `run.log` stays small."""
     save_checkpoints: bool = True
     """Write checkpoints at all; `False` keeps the run free of checkpoint files."""
     save_interval: int | None = None
@@ -453,6 +457,31 @@ def _likely_typo(key: str, known: set[str]) -> str | None:
 def interval(value: int | None) -> int:
     """An interval knob as a positive period, or `0` when it is off (`None`, `0` or negative)."""
     return value if value is not None and value > 0 else 0
+
+
+def default_log_interval(pass_length: int, run_length: int | None = None) -> int:
+    """The `log_interval` a runner takes when the config leaves it unset.
+
+    A pass logs its first batch, every `log_interval`-th and its last. The interval is the smallest that keeps a pass
+    of `pass_length` batches to at most five lines, and at least a 500th of the `run_length` micro-batches the run
+    trains, so that a run of many epochs logs about 500 lines between the first and last batches of its passes.
+
+    Args:
+        pass_length: Batches in the longest pass (the longest dataloader).
+        run_length: Micro-batches the whole run trains, if known.
+
+    Examples:
+        >>> default_log_interval(45)  # batches 1, 12, 23, 34 and 45
+        11
+        >>> default_log_interval(45, run_length=200 * 45)  # 200 epochs: batches 1, 19, 37 and 45
+        18
+        >>> default_log_interval(3), default_log_interval(1)
+        (1, 1)
+    """
+    interval = -(-(pass_length - 1) // (DEFAULT_LOG_LINES_PER_PASS - 1))
+    if run_length:
+        interval = max(interval, -(-run_length // DEFAULT_LOG_LINES_PER_RUN))
+    return max(interval, 1)
 
 
 def _check_integral(name: str, value: Any) -> None:

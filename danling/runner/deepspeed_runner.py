@@ -35,7 +35,7 @@ from .ema import average_in_place
 from .pointers import PointedCheckpoints, durable_size, fresh_tag, resolve_checkpoint
 from .torch_runner import TorchRunner
 
-__all__ = ["DeepSpeedRunner", "deepspeed_config", "full_weights"]
+__all__ = ["DeepSpeedRunner", "deepspeed_config", "full_weights", "pending_op_build"]
 
 POINTER_EXTENSION = CHECKPOINT_EXTENSIONS["deepspeed"]
 RUN_STATE_FILE = "runner.pth"
@@ -164,6 +164,10 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
         if dist.get_world_size() == 1:
             # What torchrun would set; DeepSpeed's engine reads it (also for a group another runner made).
             os.environ.setdefault("LOCAL_RANK", "0")
+        op = pending_op_build()
+        if op is not None and dist.get_rank() == 0:
+            # Its first start here compiles the op, silently, for half a minute or more: say why nothing happens.
+            print(f"DeepSpeed: compiling its {op} op, once on this machine (a minute or more)...", flush=True)
         # DeepSpeed joins the group made here rather than making its own (which would need MPI on one process).
         deepspeed.comm.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False, verbose=False)
 
@@ -277,7 +281,7 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
         bf16/fp16 the module holds only their rounding. On several processes each holds a part of the master
         weights, and every process must average the same values, so the module's weights are averaged (what
         gathering the fp32 weights would cost is a second all-reduce of the model at every step). Either way
-        [`average_in_place`][danling.runner.ema.average_in_place] casts at most one tensor at a time: no fp32 copy
+        `danling.runner.ema.average_in_place` casts at most one tensor at a time: no fp32 copy
         of the whole model. An EMA of the `update(model)` kind is given the module.
         """
         ema: Any = self.ema
@@ -409,6 +413,32 @@ def _check_partitions(directory: str, world_size: int) -> None:
         f"(torchrun --nproc_per_node {saved}), or start a new run from its weights: --pretrained {directory} "
         "without --resume or --checkpoint"
     )
+
+
+def pending_op_build() -> str | None:
+    """The name of the op DeepSpeed's communication will compile when it starts, or `None` when nothing is to build.
+
+    On its CPU accelerator DeepSpeed's communication uses a shared-memory op (`deepspeed_shm_comm`) that it compiles
+    on first use, with no output, into torch's extension directory (`TORCH_EXTENSIONS_DIR`); later starts load it.
+    `None` when the accelerator needs no such op, when the op came prebuilt or is loaded already, or when its
+    compiled library is in the extension directory.
+    """
+    from deepspeed.git_version_info import installed_ops
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return None  # DeepSpeed does not use it here (another accelerator), so it builds nothing
+    if installed_ops.get(builder.NAME, False) or builder.NAME in OpBuilder._loaded_ops:
+        return None
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # where `load` compiles; private, so guarded
+
+        directory = _get_build_directory(builder.NAME, verbose=False)
+    except (ImportError, TypeError):  # another torch: the library cannot be looked for, so a build may follow
+        return builder.NAME
+    built = os.path.isfile(os.path.join(directory, f"{builder.NAME}.so"))
+    return None if built else builder.NAME
 
 
 def _cast_floats(data: Any, dtype: torch.dtype) -> Any:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..defaults import PROGRESS_AND_STORAGE_NAMES, RESUME_IDENTITY_KEYS, RESUME_STEERING_KEYS
+from ..runs import POINTER_EXTENSIONS
 
 __all__ = [
     "ConfigChangeError",
@@ -186,7 +187,7 @@ def same_checkpoint(a: str, b: str) -> bool:
     except OSError:
         return False
     extension = os.path.splitext(a)[1]
-    if extension in ("", ".pth") or extension != os.path.splitext(b)[1]:
+    if extension not in POINTER_EXTENSIONS or extension != os.path.splitext(b)[1]:
         return False
     # Pointer files (`latest.dcp`, `epoch-3.dcp`) are small JSON files that name a directory.
     from ..utils.io import CorruptFileError

@@ -15,6 +15,7 @@ from torch import nn
 from ..utils import distributed as du
 from ..utils.seed import seed_everything
 from .base_runner import BaseRunner
+from .config import default_log_interval
 from .data import DataMixin, to_device
 from .ema import broadcast_ema, ema_module
 from .evaluation import EvaluationLoop
@@ -83,8 +84,16 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         self.init_precision()
         self.restore_and_wrap()
         if self.config.get("log_interval") is None and self.dataloaders:
-            # About ten lines per epoch; an explicit value of 0 or below turns the lines off.
-            self.config.log_interval = max(1, max(len(loader) for loader in self.dataloaders.values()) // 10)
+            # Bounded per pass and, for a run of many epochs, in all; an explicit value of 0 or below turns lines off.
+            longest = max(len(loader) for loader in self.dataloaders.values())
+            self.config.log_interval = default_log_interval(longest, self._planned_iters())
+
+    def _planned_iters(self) -> int | None:
+        """Micro-batches the whole run trains, or `None` when nothing bounds it (no `*_end` set)."""
+        if self.config.get("iter_end") or self.config.get("epoch_end"):
+            return self.total_iters
+        step_end = self.config.get("step_end")
+        return step_end * self.accum_steps if step_end else None
 
     def restore_and_wrap(self) -> None:
         """Restore the checkpoint given at construction, then wrap the model (DDP takes the restored weights).

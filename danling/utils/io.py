@@ -30,6 +30,7 @@ __all__ = [
     "fsync_dir",
     "is_json_serializable",
     "load",
+    "not_a_torch_file",
     "remove_stale_temporaries",
     "save",
     "to_builtin",
@@ -45,6 +46,42 @@ _TRAILER_SIZE = 16
 
 class CorruptFileError(RuntimeError):
     """A file exists but is truncated or corrupted; the message names it."""
+
+
+# How every file `torch.save` writes begins: a zip archive (its format since torch 1.6) or, in its legacy format, a
+# pickle of protocol 2 or higher. A file that begins otherwise was never a torch file, however it is named.
+_TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def not_a_torch_file(path: PathStr) -> str | None:
+    """What the file at `path` holds when it plainly is no file `torch.save` wrote (`"text: 'lr: 0.1'"`), else `None`.
+
+    Only the first bytes are read. An empty or unreadable file gives `None`: it may be a torch file cut short, which
+    its loader reports as such.
+
+    Examples:
+        >>> import tempfile, os
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".pth", delete=False) as file:
+        ...     _ = file.write("lr: 0.1")
+        >>> not_a_torch_file(file.name)
+        "text: 'lr: 0.1'"
+        >>> os.remove(file.name)
+    """
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(256)
+    except OSError:  # missing or unreadable: for the loader to report
+        return None
+    if not head or head.startswith(_TORCH_FILE_STARTS):
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 3:  # not just a character cut at the end of what was read
+            return "binary data that is neither a zip archive nor a pickle"
+        text = head[: error.start].decode("utf-8")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"text: {first[:60]!r}"
 
 
 class _ChecksumWriter:
@@ -399,6 +436,11 @@ def _load_torch(path: str, verify: bool = True, **kwargs: Any) -> Any:
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
         if verification is not None:
             verification.result()  # a damaged file is best reported by its checksum
+        content = not_a_torch_file(path)
+        if content is not None:
+            # Not from torch.save at all (a YAML file named .pth, say): torch's advice to retry with weights_only=False
+            # would only run whatever the file holds, so it is left out of the chain.
+            raise ValueError(f"cannot load {path!r}: it is not a torch file, it holds {content}") from None
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             raise  # a file that is intact but holds objects that are not plain data: not a corruption
         raise CorruptFileError(f"{path!r} is truncated or corrupted: {error}") from error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 import yaml
 from toys import ClassificationRunner, Interrupted, ResumableRunner, make_config
 
+import danling as dl
 from danling.runs import CONFIG_FILE, RUN_STATES, STATE_FILE, read_run, resume_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +109,7 @@ def rows(output: str) -> list[list[str]]:
 def test_runs_lists_every_run_oldest_first_with_its_state(project):
     output = danling("runs", str(project["root"]))
     header, *lines = output.strip().splitlines()
-    assert header.split() == ["experiment", "run", "id", "timestamp", "state", "epochs", "steps", "best", "dir"]
+    assert header.split() == ["experiment", "run", "id", "timestamp", "state", "epochs", "done", "steps", "best", "dir"]
     assert [line.split()[1] for line in lines] == ["finished", "crashed", "early", "preempted"]
     finished, crashed, early, preempted = lines
     runner = project["finished"]
@@ -181,6 +183,59 @@ def test_show_prints_the_config_the_results_table_the_checkpoints_and_how_to_res
     assert (report["state"], report["best_epoch"], report["config"]) == ("finished", runner.best_index, config)
     assert report["results"] == json.loads(Path(runner.dir, "results.json").read_text())["results"]
     assert report["resume_command"] == resume_command(runner.dir)
+
+
+def test_runs_and_show_count_epochs_done_and_name_the_last_as_the_console_did(tmp_path):
+    # The console names an epoch by its index (`epoch [2/2]` is the third of three); `runs` says 3/3. Read together,
+    # the two must not look like a disagreement: the heading says "epochs done" and `show` names the last one.
+    root = tmp_path / "experiments"
+    config = make_config(root, run_name="counted", epoch_end=3)
+    config.log = True
+    runner = ClassificationRunner(config)
+    runner.train()
+    printed = re.findall(r"epoch \[(\d+)/(\d+)\]", Path(runner.log_path).read_text())
+    assert printed[-1] == ("2", "2")
+    header, row = danling("runs", str(root)).strip().splitlines()
+    assert row[header.index("epochs done") :].startswith("3/3 ")
+    output = danling("show", runner.dir)
+    assert "epochs:      3 of 3 done (the last printed as epoch [2/2])" in output
+
+
+def test_show_prints_the_best_and_the_last_epochs_and_every_epoch_with_all(tmp_path):
+    # The loss goes down, so with score_mode="max" epoch 0 stays the best, far from the last five.
+    runner = ClassificationRunner(make_config(tmp_path, epoch_end=9, score_mode="max"))
+    runner.train()
+    assert runner.best_index == 0
+    header, *rows = runner.results_table().splitlines()
+    assert len(rows) == 9
+    table = danling("show", runner.dir).split("results:\n", 1)[1].split("\n\n", 1)[0]
+    assert table.splitlines() == [
+        header,
+        rows[0],
+        "  ...",
+        *rows[4:],
+        "(3 of 9 epochs not shown: --all shows every one)",
+    ]
+    assert rows[0].endswith("<- best")
+    everything = danling("show", runner.dir, "--all")
+    assert f"results:\n{runner.results_table()}\n\n" in everything
+    assert "not shown" not in everything
+
+
+@pytest.mark.usefixtures("own_process_group")
+def test_show_gives_a_directory_checkpoint_the_size_of_the_directory_its_pointer_names(tmp_path):
+    runner = ResumableRunner(make_config(tmp_path, platform="fsdp", epoch_end=1, samples=16, val_samples=8))
+    runner.train()
+    checkpoint_dir = Path(runner.checkpoint_dir)
+    latest = checkpoint_dir / "latest.dcp"
+    target = Path(dl.runner.pointers.resolve_checkpoint(str(latest)))
+    size = sum(path.stat().st_size for path in target.rglob("*") if path.is_file())
+    assert size > 10_000 and latest.stat().st_size < 100  # the pointer is a few bytes, the checkpoint is not
+    lines = danling("show", runner.dir).split(f"checkpoints ({checkpoint_dir}):\n", 1)[1].splitlines()
+    line = next(line for line in lines if line.lstrip().startswith("latest.dcp"))
+    name, number, unit, arrow, named = line.split()
+    assert (name, arrow, named) == ("latest.dcp", "->", os.path.relpath(target, checkpoint_dir))
+    assert unit == "kB" and float(number) == round(size / 1000, 1)
 
 
 def test_show_of_a_launches_directory_shows_the_newest(project):

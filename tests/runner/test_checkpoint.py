@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,6 +111,25 @@ def test_invalid_checkpoint_value_names_it(tmp_path, method):
     runner = RegressionRunner(make_config(tmp_path))
     with pytest.raises(ValueError, match="12345"):
         getattr(runner, method)(12345)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "latest.pth"])
+def test_a_text_file_given_as_checkpoint_is_called_no_checkpoint_and_loading_pickles_is_never_advised(tmp_path, name):
+    # The run's own config.yaml passed as --checkpoint, under its name or under a checkpoint's.
+    runner = trained_runner(tmp_path)
+    path = tmp_path / name
+    path.write_text(Path(runner.write_config_file()).read_text())
+    for construct in (
+        lambda: RegressionRunner(make_config(tmp_path / "again", checkpoint=str(path))),
+        lambda: RegressionRunner.from_checkpoint(str(path)),
+    ):
+        with pytest.raises(ValueError) as raised:
+            construct()
+        message = str(raised.value)
+        assert message.startswith(f"checkpoint {str(path)!r} is not a checkpoint: it holds text: 'project_root: ")
+        assert "checkpoints/latest.pth" in message
+        chained = raised.value.__cause__ or raised.value.__context__
+        assert "weights_only" not in message and (chained is None or "weights_only" not in str(chained))
 
 
 def test_load_checkpoint_without_a_model_is_a_clear_error(tmp_path):

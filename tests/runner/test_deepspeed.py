@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from toys import assert_bitwise_equal
+from toys import ResumableRunner, assert_bitwise_equal, make_config
 
 import danling as dl
 from danling.utils.io import CorruptFileError
@@ -255,6 +255,30 @@ def test_zero2_bf16_trains_on_one_gpu_and_the_loss_decreases(distributed_runner,
         expected = {name: 0.9 * expected[name] + 0.1 * value.double() for name, value in weights.items()}
     for name, value in expected.items():
         assert torch.allclose(report["ema"][name].double().cpu(), value.cpu(), rtol=0, atol=1e-5), name
+
+
+def test_pending_op_build_names_the_communication_op_until_it_is_compiled(deepspeed_runner, tmp_path):
+    # In a fresh process: this one has the op loaded already (the fixture built it), which alone means no build.
+    code = "from danling.runner.deepspeed_runner import pending_op_build; print(pending_op_build())"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    reported = {}
+    for case, extensions in (("built", os.environ.get("TORCH_EXTENSIONS_DIR")), ("fresh", str(tmp_path))):
+        case_env = {**env, "TORCH_EXTENSIONS_DIR": extensions} if extensions else env
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=case_env, check=False)
+        assert done.returncode == 0, done.stderr
+        reported[case] = done.stdout.strip().splitlines()[-1]
+    assert reported == {"built": "None", "fresh": "deepspeed_shm_comm"}
+
+
+@pytest.mark.usefixtures("own_process_group")
+@pytest.mark.parametrize("pending", [True, False], ids=["op-to-build", "op-built"])
+def test_a_start_that_compiles_the_op_says_so_in_one_line(deepspeed_runner, tmp_path, monkeypatch, capsys, pending):
+    if pending:  # compiling for real takes a minute: this start is told it will, and must say so
+        monkeypatch.setattr(deepspeed_runner, "pending_op_build", lambda: "deepspeed_shm_comm")
+    ResumableRunner(make_config(tmp_path, platform="deepspeed", epoch_end=1, samples=16, val_samples=8))
+    notes = [line for line in capsys.readouterr().out.splitlines() if "compiling" in line]
+    expected = ["DeepSpeed: compiling its deepspeed_shm_comm op, once on this machine (a minute or more)..."]
+    assert notes == (expected if pending else [])
 
 
 def test_an_incomplete_or_missing_checkpoint_is_named(deepspeed_runner, tmp_path):

@@ -60,7 +60,9 @@ def test_a_changed_learning_rate_stops_the_resume_with_a_diff_and_the_flag(tmp_p
 
 def test_a_steering_change_resumes_and_is_reported_and_recorded(tmp_path, capsys):
     runner = first_run(tmp_path)
-    config = make_config(tmp_path, epoch_end=4, lr=0.05, checkpoint=latest(runner), log_interval=2)
+    # Another log_interval than the one the first run chose for itself.
+    log_interval = runner.config.log_interval + 1
+    config = make_config(tmp_path, epoch_end=4, lr=0.05, checkpoint=latest(runner), log_interval=log_interval)
     resumed = ScheduledRegression(config)
     assert "resume: changed epoch_end: 2 → 4, log_interval: " in capsys.readouterr().out
     resumed.train()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +131,29 @@ def test_epoch_loss_is_sample_weighted_over_every_batch(tmp_path):
     x = torch.arange(10, dtype=torch.float64)
     expected = ((0.5 * x - x) ** 2).mean().item()
     assert runner.results[0]["train"]["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_without_a_terminal_each_pass_writes_at_most_five_step_lines_to_run_log(tmp_path):
+    # 320 training samples in 40 batches, 101 validation samples in 13; log_interval left unset.
+    config = make_config(tmp_path, epoch_end=2, samples=320, val_samples=101)
+    config.log = True
+    runner = ClassificationRunner(config)
+    runner.train()
+    logged = Path(runner.log_path).read_text()
+    steps = re.findall(r"(?:training|evaluating) on (\w+) \[(\d+)/(\d+)\]", logged)
+    train = [("train", str(batch), "40") for batch in (1, 11, 21, 31, 40)]
+    val = [("val", str(batch), "13") for batch in (1, 11, 13)]
+    assert steps == (train + val) * 2
+
+
+def test_a_run_of_many_epochs_logs_steps_less_often_so_its_log_stays_small(tmp_path):
+    # 45 batches an epoch for 200 epochs (the digits example, run longer): 9000 micro-batches, so a step line every
+    # 18 batches at most 500 times in the run, where 5 lines per pass alone would log every 11.
+    runner = ClassificationRunner(make_config(tmp_path, epoch_end=200, samples=360))
+    assert len(runner.dataloaders.train) == 45
+    assert runner.config.log_interval == 18
+    shorter = ClassificationRunner(make_config(tmp_path, epoch_end=2, samples=360))
+    assert shorter.config.log_interval == 11
 
 
 def test_train_records_every_split_each_epoch_and_loss_falls(tmp_path):

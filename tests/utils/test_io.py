@@ -280,6 +280,16 @@ def test_torch_load_uses_weights_only_so_an_arbitrary_pickle_is_refused(tmp_path
         load(path)
 
 
+def test_loading_a_text_file_named_pth_says_it_is_no_torch_file_and_never_advises_weights_only_false(tmp_path):
+    path = tmp_path / "latest.pth"
+    path.write_text("lr: 0.1\nepoch_end: 3\n")
+    with pytest.raises(ValueError) as raised:
+        load(path)
+    assert str(raised.value) == f"cannot load {str(path)!r}: it is not a torch file, it holds text: 'lr: 0.1'"
+    # torch's own error, which suggests weights_only=False, is not in the chain a traceback would print.
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
 def test_torch_load_of_an_arbitrary_pickle_works_when_explicitly_trusted(tmp_path):
     path = tmp_path / "trusted.pth"
     torch.save({"object": Custom()}, path)
