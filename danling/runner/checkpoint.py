@@ -37,6 +37,10 @@ CheckpointLike = Mapping | bytes | str | os.PathLike
 LOCATION_KEYS = ("dir", "log_path", "checkpoint_dir")
 """Config keys that say where a run's files are: a resume takes them from where its checkpoint is, not from it."""
 
+LAUNCH_KEYS = ("backend", "init_method", "world_size", "rank", "local_rank", "device")
+"""Config keys that describe one launch (its processes and devices): a resume never takes them from its checkpoint,
+so a run saved on two GPUs resumes on one CPU process as that launch says, not as the last one did."""
+
 
 def read_checkpoint(checkpoint: CheckpointLike, what: str = "checkpoint", **kwargs: Any) -> Mapping:
     """Return `checkpoint` if it is a Mapping, else load it from its path.
@@ -279,7 +283,9 @@ class CheckpointIO:
         """Take the config of the run that wrote `checkpoint`, to continue it.
 
         Keys the current config lacks or leaves `None` are taken from the checkpoint (all keys when
-        `overwrite=True`); the progress counters are restored, so the run resumes where the checkpoint was taken
+        `overwrite=True`), except those of one launch ([`LAUNCH_KEYS`][danling.runner.checkpoint.LAUNCH_KEYS]:
+        backend, devices, ranks) and, when the checkpoint sits in its run's directory, the storage locations; the
+        progress counters are restored, so the run resumes where the checkpoint was taken
         (the next epoch, or inside the epoch for a mid-epoch checkpoint); and the run keeps its identity
         (`experiment_id`, `run_id` and `timestamp`), so it writes to the same run directory.
 
@@ -304,6 +310,8 @@ class CheckpointIO:
             # The run continues where its checkpoint is (a copied run in the copy): the saved locations are stale.
             for key in LOCATION_KEYS:
                 config.pop(key, None)
+        for key in LAUNCH_KEYS:
+            config.pop(key, None)
         # A key the current config leaves unset (absent or None, like a seed to be drawn) takes the checkpoint's
         # value: otherwise a resumed run would draw a new seed and see its data in a different order.
         unset = {k: v for k, v in config.items() if k != "checkpoint" and self.config.get(k) is None}

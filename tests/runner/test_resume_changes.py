@@ -207,3 +207,12 @@ def test_accumulation_may_change_with_the_number_of_processes_only_if_the_global
     shaping, steering = config_changes(saved, current)
     keep_global_batch(shaping, steering, saved, current, saved_world=1, world=1)  # 16 samples a step, then 8
     assert shaping == {"accum_steps": (2, 1)} and steering == {}
+
+
+def test_a_resume_takes_no_launch_keys_from_its_checkpoint(tmp_path):
+    # Saved by a launch on gloo with its device named; resumed by a launch that names neither.
+    runner = first_run(tmp_path, backend="gloo", device="cpu")
+    resumed = ScheduledRegression(make_config(tmp_path, epoch_end=2, lr=0.05, checkpoint=latest(runner)))
+    for key in ("backend", "device"):
+        assert resumed.config.get(key) is None, key
+    assert resumed.config.epoch_begin == 2
