@@ -65,6 +65,7 @@ EXECUTION_NAMES = frozenset(
         "max_epoch_checkpoints",
         "checkpoint_interval",
         "checkpoint_spare",
+        "compile",
     }
 )
 
@@ -137,6 +138,7 @@ RESUME_STEERING_KEYS = frozenset(
         "reshard_after_forward",
         "evaluate_splits",
         "allow_config_change",
+        "compile",
         "dataloader.num_workers",
         "dataloader.pin_memory",
         "dataloader.persistent_workers",

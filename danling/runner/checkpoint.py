@@ -11,6 +11,7 @@ from chanfig import NestedDict
 
 from ..runs import POINTER_EXTENSIONS
 from ..utils.io import CorruptFileError, atomic_copy, not_a_torch_file, remove_stale_temporaries
+from .compiling import strip_compile_prefix
 from .config import Config, interval
 from .resumption import (
     config_changes,
@@ -146,7 +147,8 @@ def _load(path: str, **kwargs: Any) -> Any:
 
 
 def extract_model_state(checkpoint: Mapping) -> Mapping:
-    """The model's state dict inside `checkpoint`: nested `model`/`module` keys and `module.` prefixes stripped.
+    """The model's state dict inside `checkpoint`: nested `model`/`module` keys, `module.` prefixes and
+    `torch.compile`'s `_orig_mod.` stripped.
 
     Examples:
         >>> extract_model_state({"model": {"module": {"w": 1}}, "optimizer": {}})
@@ -159,7 +161,8 @@ def extract_model_state(checkpoint: Mapping) -> Mapping:
         state = state["model"] if "model" in state else state["module"]
     if state and all(isinstance(key, str) and key.startswith("module.") for key in state):
         state = {key[len("module.") :]: value for key, value in state.items()}
-    return state
+    # A model that was wrapped by `torch.compile(model)` when it was saved (by another tool) has `_orig_mod.` keys.
+    return strip_compile_prefix(state) if isinstance(state, Mapping) else state
 
 
 class CheckpointIO:

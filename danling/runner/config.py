@@ -170,6 +170,11 @@ class Config(chanfig.Config):
     """Micro-batches whose gradients are accumulated into one optimizer step."""
     precision: str | None = None
     """Autocast precision: `"fp16"`, `"bf16"`, or `None`/`"fp32"` for full precision."""
+    compile: bool | str | Mapping | None = False
+    """Compile the model with `torch.compile`: `true`, a mode (`max-autotune`), or a mapping of its options
+    (`{mode: max-autotune, dynamic: true}`; `--compile.mode max-autotune`). The model's `forward` is compiled in
+    place inside its DDP wrapper, or per innermost FSDP unit, never the EMA; checkpoints keep the uncompiled keys,
+    so they load with or without compiling."""
     max_grad_norm: float | None = None
     """Clip the global gradient norm to this before each optimizer step."""
     max_grad_value: float | None = None

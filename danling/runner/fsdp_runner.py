@@ -119,6 +119,22 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
         if self.optimizer is not None:
             _rebind_optimizer(self.optimizer, names, dict(model.named_parameters()))
 
+    def compile_targets(self) -> list[nn.Module]:
+        """The innermost sharded units (the root alone when it is the only unit), each compiled on its own.
+
+        FSDP's hooks, which gather and free each unit's parameters, stay outside the compiled `forward`s: every
+        gather runs between two graphs, as uncompiled.
+        """
+        model = self.model
+        if not isinstance(model, nn.Module):
+            return []
+        units: list[nn.Module] = fsdp_utils.fsdp_modules(model)  # type: ignore[assignment]
+        unit_ids = {id(unit) for unit in units}
+        innermost = [
+            unit for unit in units if not any(id(sub) in unit_ids for sub in unit.modules() if sub is not unit)
+        ]
+        return innermost or [model]
+
     # Backend
 
     def autocast(self) -> Any:

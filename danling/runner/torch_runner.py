@@ -15,6 +15,7 @@ from torch import nn
 from ..utils import distributed as du
 from ..utils.seed import seed_everything
 from .base_runner import BaseRunner
+from .compiling import compile_forward, compile_options, compile_seconds
 from .config import default_log_interval
 from .data import DataMixin, to_device
 from .ema import broadcast_ema, ema_module
@@ -107,6 +108,37 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         else:
             self.restore_checkpoint()
             self.wrap_model()
+        self.compile_model()
+
+    def compile_model(self) -> None:
+        """Compile the model as `config.compile` asks (off by default), in place, once it is wrapped.
+
+        The `forward` of each of [`compile_targets`][danling.TorchRunner.compile_targets] is compiled (see
+        [`compile_forward`][danling.runner.compiling.compile_forward]): the model keeps its class and its state dict
+        keys, and its wrappers' hooks run as they do uncompiled. The EMA and its update are never compiled.
+
+        Raises:
+            ValueError: If `config.compile` is not a bool or a mapping of `torch.compile` options.
+        """
+        options = compile_options(self.config.get("compile"))
+        if options is None or not isinstance(self.model, nn.Module):
+            return
+        for module in self.compile_targets():
+            compile_forward(module, options)
+        self.__dict__["_compile_seconds_before"] = compile_seconds()
+
+    def append_result(self, result: Mapping, index: int | None = None) -> None:
+        super().append_result(result, index)
+        before = self.__dict__.pop("_compile_seconds_before", None)
+        if before is not None:
+            # Once, with the first result: the graphs of training and evaluation are compiled by then.
+            print(f"torch.compile: {compile_seconds() - before:.1f} s spent compiling the model up to its first result")
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The modules whose `forward` `compile_model` compiles: the model inside its wrappers (DDP's forward runs
+        as usual, and dynamo splits the graph at its buckets, since it sees DDP's forward calling the model)."""
+        module = self.unwrap(self.model)
+        return [module] if isinstance(module, nn.Module) else []
 
     # Environment
 

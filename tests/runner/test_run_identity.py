@@ -44,6 +44,7 @@ EXECUTION_VALUES = {
     "max_epoch_checkpoints": 3,
     "checkpoint_interval": 10,
     "checkpoint_spare": False,
+    "compile": {"mode": "max-autotune"},
 }
 
 
