@@ -209,7 +209,7 @@ class BaseRunner(Workspace, Results, CheckpointIO, RunLength, metaclass=RunnerMe
         self.restore_checkpoint()
 
     def init_environment(self) -> None:
-        """Determinism, logging, print routing and TensorBoard, as the config asks."""
+        """Determinism, logging, print routing and the trackers (TensorBoard, ...), as the config asks."""
         if self.config.deterministic:
             self.set_deterministic()
         if self.config.log:
@@ -217,8 +217,7 @@ class BaseRunner(Workspace, Results, CheckpointIO, RunLength, metaclass=RunnerMe
         self.init_print()
         for note in self.start_notes():
             print(note)
-        if self.config.tensorboard:
-            self.init_tensorboard()
+        self.init_trackers()
 
     def start_notes(self) -> list[str]:
         """What the run must say once it can log: keys only the command line defined, and what a resume changed."""

@@ -26,6 +26,7 @@ from ..defaults import (
 )
 from ..utils.git import get_git_hash
 from ..utils.io import to_builtin
+from .trackers import tracker_names
 
 __all__ = ["INTERVALS", "PLATFORMS", "PRECISIONS", "Config", "default_log_interval", "interval"]
 
@@ -132,7 +133,11 @@ class Config(chanfig.Config):
     log: bool = True
     """Log to stdout and to `run.log` in the run directory (`print` is routed to the log as well)."""
     tensorboard: bool = False
-    """Write scalars for TensorBoard under the run directory."""
+    """Write scalars for TensorBoard under the run directory (the same as naming `"tensorboard"` in `trackers`)."""
+    trackers: list[str] | None = None
+    """Experiment trackers that receive the config and every logged scalar: any of `"tensorboard"`, `"csv"` (one
+    file per split under `csv/`), `"wandb"`, `"mlflow"` (`pip install 'danling[wandb]'`, `'danling[mlflow]'`).
+    `None` means `["tensorboard"]` when `tensorboard` is set, else none. See the trackers guide."""
     progress: bool = True
     """Show progress bars on the main process when stdout is a terminal."""
     log_interval: int | None = None
@@ -330,6 +335,7 @@ class Config(chanfig.Config):
             raise ValueError(f"accum_steps must be a positive integer, got {self.accum_steps!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; expected one of: {', '.join(PRECISIONS)}")
+        tracker_names(self.get("trackers"))
         if self.score_mode is not None and self.score_mode not in ("min", "max"):
             raise ValueError(f"score_mode must be 'min', 'max' or None, got {self.score_mode!r}")
         for name in ("epoch_end", "step_end", "iter_end"):

@@ -50,6 +50,7 @@ class Results:
     train_metrics: Any
     evaluate_metrics: Any
     writer: Any
+    trackers: Any
     _auto_indexed_results: int
 
     @property
@@ -247,17 +248,19 @@ class Results:
         return result
 
     def write_result(self, result: Mapping, split: str, steps: int | None = None) -> None:
-        """Write every scalar of `result` as `{split}/{metric}` at `steps` (default `config.steps`)."""
-        if self.writer is None:
+        """Send every scalar of `result` to the trackers as `{split}/{metric}` at `steps` (default `config.steps`).
+
+        A resumed run skips the steps of `split` that the run it resumes had sent already.
+        """
+        if not self.trackers:
             return
         steps = self.config.steps if steps is None else steps
-        for name, score in _flatten(result):
-            self.write_score(name, score, split, steps)
+        self.trackers.log(split, _flatten(result), steps)
 
     def write_score(self, name: str, score: float, split: str, steps: int) -> None:
-        """Write one scalar to TensorBoard, if a writer is set up."""
-        if self.writer is not None:
-            self.writer.add_scalar(f"{split}/{name}", score, steps)
+        """Send one scalar to the trackers as `{split}/{name}` at `steps`."""
+        if self.trackers:
+            self.trackers.log(split, [(name, score)], steps)
 
     @on_main_process
     def save_result(self) -> None:

@@ -72,6 +72,8 @@ class TrainingLoop(StepTraining, RunnerParts):
             raise ValueError(f"train needs {', '.join(unset)}: assign self.{unset[0]} in your runner's __init__")
         self.write_config_file()
         self.write_run_state("running")
+        self.trackers.start()  # with the whole config, before the first step
+        outcome = "crashed"
         with PreemptionWatcher(announce=self.is_main_process) as watcher:
             self._preemption = watcher
             # Every process creates it here, together: its first use creates a process group, a collective.
@@ -82,9 +84,11 @@ class TrainingLoop(StepTraining, RunnerParts):
                 else:
                     end_state = self._train_by_epochs(train_splits, evaluate_splits)
             except Preempted as preempted:
+                outcome = "interrupted"
                 self._record_failure("interrupted", signal=signal.Signals(preempted.signum).name)
                 raise
             except KeyboardInterrupt:
+                outcome = "interrupted"
                 self._record_failure("interrupted", signal="SIGINT")
                 raise
             except Exception as error:
@@ -92,13 +96,14 @@ class TrainingLoop(StepTraining, RunnerParts):
                 raise
             else:
                 self._close_agreement()
+                outcome = end_state
                 self.write_run_state(end_state)
             finally:
                 # After an error the others may never start the exchange this process waits for: wait a little only.
                 self._close_agreement(timeout=10.0)
                 self._preemption = self._epoch_result = None
-                if self.writer is not None:
-                    self.writer.flush()
+                # TensorBoard's writer is flushed and stays open; W&B and MLflow runs are closed with the outcome.
+                self.trackers.finish(outcome)
         return self.results
 
     def _train_by_epochs(self, train_splits: Sequence[str], evaluate_splits: Sequence[str]) -> str:

@@ -19,6 +19,16 @@ from ..utils.io import PathStr, load, save, to_builtin
 from .config import Config
 from .printing import install_print
 from .progress import ConsoleFormatter, ConsoleHandler
+from .trackers import (
+    CSVTracker,
+    MLflowTracker,
+    TensorBoardTracker,
+    Tracker,
+    Trackers,
+    WandbTracker,
+    check_installed,
+    tracker_names,
+)
 
 __all__ = ["Workspace"]
 
@@ -35,6 +45,7 @@ class Workspace:
     timestamp: str
     logger: logging.Logger | None = None
     writer: Any | None = None
+    trackers: Trackers = Trackers()  # none until `init_trackers`; each runner gets its own there
 
     @cached_property
     def name(self) -> str:
@@ -178,6 +189,10 @@ class Workspace:
             "git": self._code_state(),
             **info,
         }
+        if self.trackers:
+            # What a resume needs to continue the same tracker runs, and the last step each series was sent.
+            record["trackers"] = self.trackers.state()
+        self.__dict__["_run_state"] = state
         path = os.path.join(self.dir, STATE_FILE)
         self.save(_plain(record), path)
         return path
@@ -222,6 +237,55 @@ class Workspace:
             process: The rank that prints.
         """
         install_print(self, process)
+
+    def init_trackers(self) -> None:
+        """Set up the trackers `config.trackers` names (and TensorBoard when `config.tensorboard` is set).
+
+        Every process checks that their packages are installed (so all fail together, saying what to install);
+        the main process alone tracks. A tracker starts on the first point it is sent, or when `train` begins; a
+        resumed run (one given a checkpoint, in the run directory it came from) continues the tracker runs its
+        `run.json` records.
+
+        Raises:
+            ValueError: If `config.trackers` names an unknown tracker.
+            ImportError: If a named tracker's package is not installed; the message says what to install.
+        """
+        names = tracker_names(self.config.get("trackers"), bool(self.config.get("tensorboard")))
+        check_installed(names)
+        if "tensorboard" in names:
+            self.init_tensorboard()
+        if not self.is_main_process:  # type: ignore[attr-defined]
+            self.trackers = Trackers()
+            return
+        builders = {
+            "tensorboard": lambda: TensorBoardTracker(lambda: self.writer),
+            "csv": lambda: CSVTracker(os.path.join(self.dir, "csv")),
+            "wandb": lambda: WandbTracker(self.dir, self.config.experiment_name, self.name, print),
+            "mlflow": lambda: MLflowTracker(self.dir, self.config.experiment_name, self.name),
+        }
+        trackers: list[Tracker] = [builders[name]() for name in names]
+        self.trackers = Trackers(
+            trackers,
+            resumed=self._resumed_trackers(),
+            hyperparameters=lambda: _plain(self.config.dict()),
+            save_state=self._save_tracker_state,
+        )
+
+    def _resumed_trackers(self) -> dict[str, Any] | None:
+        """The `trackers` record of the run this one resumes, if it continues in that run's directory."""
+        if self.__dict__.get("_checkpoint_to_load") is None:
+            return None
+        path = os.path.join(self.dir, STATE_FILE)
+        if not os.path.isfile(path):
+            return None  # a resume into a new directory starts new tracker runs
+        record = load(path)
+        return record.get("trackers") if isinstance(record, dict) else None
+
+    def _save_tracker_state(self) -> None:
+        # Before each point is sent, while `train` runs: `run.json` then always counts what trackers were sent.
+        state = self.__dict__.get("_run_state")
+        if state is not None:
+            self.write_run_state(state)
 
     def init_tensorboard(self, *args: Any, **kwargs: Any) -> None:
         """Set up a TensorBoard writer; implemented by platform runners such as `TorchRunner`."""

@@ -132,6 +132,10 @@ EXPECTED_OUTPUT = {
         "val metrics: ['acc', 'auprc', 'auroc', 'f1', 'loss', 'mcc', 'top2']",
         "best top2 (max): ",
     ],
+    "trackers.py": [
+        "train.csv: steps [1, 5, 8, 9, 13, 16], columns ['step', 'loss']",
+        "last step sent per split: {'train': 16, 'train/epoch': 1, 'val/epoch': 1}",
+    ],
     "tensorboard_logging.py": [
         "step tags: ['train/loss', 'train/pearson', 'train/r2', 'train/rmse', 'train/spearman']",
         "'val/epoch/loss'",

@@ -37,6 +37,7 @@ EXECUTION_VALUES = {
     "log": False,
     "log_interval": 5,
     "tensorboard": True,
+    "trackers": ["csv"],
     "progress": False,
     "checkpoint_dir_name": "ckpt",
     "save_checkpoints": False,
