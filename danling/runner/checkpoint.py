@@ -286,7 +286,7 @@ class CheckpointIO:
         """Take the config of the run that wrote `checkpoint`, to continue it.
 
         Keys the current config lacks or leaves `None` are taken from the checkpoint (all keys when
-        `overwrite=True`), except those of one launch ([`LAUNCH_KEYS`][danling.runner.checkpoint.LAUNCH_KEYS]:
+        `overwrite=True`), except those of one launch (`LAUNCH_KEYS`:
         backend, devices, ranks) and, when the checkpoint sits in its run's directory, the storage locations; the
         progress counters are restored, so the run resumes where the checkpoint was taken
         (the next epoch, or inside the epoch for a mid-epoch checkpoint); and the run keeps its identity

@@ -132,6 +132,12 @@ EXPECTED_OUTPUT = {
         "val metrics: ['acc', 'auprc', 'auroc', 'f1', 'loss', 'mcc', 'top2']",
         "best top2 (max): ",
     ],
+    "compile.py": [
+        "s spent compiling the model up to its first result",
+        "checkpoint keys: ['0.weight', '0.bias', '2.weight', '2.bias']",
+        "resume: changed compile: True → False",
+        "loaded uncompiled: same weights True",
+    ],
     "trackers.py": [
         "train.csv: steps [1, 5, 8, 9, 13, 16], columns ['step', 'loss']",
         "last step sent per split: {'train': 16, 'train/epoch': 1, 'val/epoch': 1}",
