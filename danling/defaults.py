@@ -75,6 +75,7 @@ RESUME_STEERING_KEYS = frozenset(
         "eval_interval",
         "max_epoch_checkpoints",
         "checkpoint_spare",
+        "async_checkpoint",
         "save_checkpoints",
         "patience",
         "log",
