@@ -268,3 +268,19 @@ def test_sigkill_during_background_writes_never_leaves_a_bad_latest_and_relaunch
     resumed = torch.load(killed / "final.pt", weights_only=True)
     straight = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)
     assert_bitwise_equal(resumed, straight)
+
+
+def test_fsdp_two_process_async_checkpoints_match_synchronous_ones(tmp_path, distributed_runner):
+    script = Path(__file__).parent / "dist_scripts" / "fsdp_scenarios.py"
+    distributed_runner(script, "async", str(tmp_path), str(tmp_path / "experiments"))
+    for rank in (0, 1):
+        report = torch.load(tmp_path / f"async-rank{rank}.pt", weights_only=False)
+        # latest, best, epoch-0 and epoch-1: every pointer names a checkpoint that holds what the synchronous one does.
+        assert sorted(name for name in report["sync"] if name.endswith(".dcp")) == [
+            "best.dcp",
+            "epoch-0.dcp",
+            "epoch-1.dcp",
+            "latest.dcp",
+        ]
+        assert report["async-in-background"] and not report["sync-in-background"]
+        assert_bitwise_equal(report["async"], report["sync"], f"rank{rank}")
