@@ -284,3 +284,10 @@ def test_fsdp_two_process_async_checkpoints_match_synchronous_ones(tmp_path, dis
         ]
         assert report["async-in-background"] and not report["sync-in-background"]
         assert_bitwise_equal(report["async"], report["sync"], f"rank{rank}")
+
+
+@pytest.mark.parametrize("platform", ["deepspeed", "accelerate"])
+def test_platforms_whose_engine_writes_checkpoints_refuse_async_checkpoint_at_construction(tmp_path, platform):
+    pytest.importorskip(platform)
+    with pytest.raises(ValueError, match=r"config.async_checkpoint is not supported by .*Runner.*'torch' or 'fsdp'"):
+        ResumableRunner(make_config(tmp_path, platform=platform, epoch_end=1, async_checkpoint=True))
