@@ -240,9 +240,8 @@ class CheckpointIO:
         """
         if not self.is_main_process:  # type: ignore[attr-defined]
             return
+        self.wait_for_checkpoint()  # the save in flight completes (or its failure is raised) before this one starts
         writer = self.checkpoint_writer()
-        if writer is not None:
-            writer.wait()  # the save in flight completes (or its failure is raised) before this one starts
         state = self.state_dict()
         epochs = self.config.epochs if epochs is None else epochs
         checkpoint_dir = self.checkpoint_dir  # type: ignore[attr-defined]
@@ -273,8 +272,10 @@ class CheckpointIO:
     def checkpoint_writer(self) -> Any:
         """The background [`CheckpointWriter`][danling.runner.async_checkpoint.CheckpointWriter] of this runner when
         `config.async_checkpoint` is on, else `None`; made at the first save, and kept (with its buffers)."""
+        if not self.config.get("async_checkpoint"):
+            return None
         writer = self.__dict__.get("_checkpoint_writer")
-        if writer is None and self.config.get("async_checkpoint"):
+        if writer is None:
             from .async_checkpoint import CheckpointWriter  # imports torch, which this module does not
 
             writer = self.__dict__["_checkpoint_writer"] = CheckpointWriter()

@@ -291,3 +291,74 @@ def test_platforms_whose_engine_writes_checkpoints_refuse_async_checkpoint_at_co
     pytest.importorskip(platform)
     with pytest.raises(ValueError, match=r"config.async_checkpoint is not supported by .*Runner.*'torch' or 'fsdp'"):
         ResumableRunner(make_config(tmp_path, platform=platform, epoch_end=1, async_checkpoint=True))
+
+
+def test_sigterm_with_async_checkpoint_saves_latest_exits_143_and_resume_matches_an_uninterrupted_run(tmp_path):
+    settings = {"epoch_end": 3, "samples": 60, "val_samples": 25, "checkpoint_interval": 1, "async_checkpoint": True}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "preemptible_train.py"), str(tmp_path / "preempted"), json.dumps(settings)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    checkpoint_dir = read_until(process, "checkpoints ").split(" ", 1)[1]
+    read_until(process, "iter 11")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    saved = dl.load(os.path.join(checkpoint_dir, "latest.pth"))
+    assert 11 <= saved["runner"]["iters"] < 24 and "position" in saved
+
+    resumed = ResumableRunner.from_checkpoint(os.path.join(checkpoint_dir, "latest.pth"))
+    resumed.train()
+    straight = train(tmp_path / "straight", epoch_end=3)
+    assert_bitwise_equal(final_state(resumed), final_state(straight))
+
+
+# A save whose write starts half a second after `save_checkpoint` returns, and a script that ends right then.
+EXIT_CHILD = """
+import sys, time
+import torch
+from toys import ResumableRunner, make_config
+
+
+class SlowWriter(ResumableRunner):
+    def save(self, obj, file, *args, **kwargs):
+        time.sleep(0.5)
+        return super().save(obj, file, *args, **kwargs)
+
+
+runner = SlowWriter(make_config(sys.argv[1], epoch_end=1, async_checkpoint=True))
+runner.config.steps = 7
+runner.save_checkpoint()
+print(runner.checkpoint_dir, runner.checkpoint_writer().busy, flush=True)
+"""
+
+
+def test_interpreter_exit_waits_for_the_checkpoint_in_flight_and_publishes_it(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
+    child = subprocess.run(
+        [sys.executable, "-c", EXIT_CHILD, str(tmp_path)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    checkpoint_dir, busy = child.stdout.split()
+    assert busy == "True"  # the script ended while the write was still to come
+    assert dl.load(os.path.join(checkpoint_dir, "latest.pth"))["runner"]["steps"] == 7
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_snapshot_goes_to_pinned_buffers_reused_across_saves_and_matches_a_synchronous_save(tmp_path):
+    settings = {"epoch_end": 2, "checkpoint_interval": 3, "device": "cuda"}
+    synchronous = train(tmp_path / "sync", **settings)
+    asynchronous = train(tmp_path / "async", async_checkpoint=True, **settings)
+    assert_same_checkpoint_files(asynchronous.checkpoint_dir, synchronous.checkpoint_dir)
+    buffers = asynchronous.checkpoint_writer().buffers
+    weights = {path: buffer for path, buffer in buffers._buffers.items() if path[0] == "model"}
+    assert weights and all(buffer.is_pinned() for buffer in weights.values())
+    addresses = {path: buffer.data_ptr() for path, buffer in buffers._buffers.items()}
+    asynchronous.save_checkpoint()
+    asynchronous.wait_for_checkpoint()
+    assert {path: buffer.data_ptr() for path, buffer in buffers._buffers.items()} == addresses

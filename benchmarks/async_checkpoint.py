@@ -1,0 +1,149 @@
+"""Asynchronous checkpoints (`config.async_checkpoint`) against synchronous ones, on the same runner.
+
+The model holds about 100 MB of parameters (`--megabytes`) and Adam doubles that with its state. Measured, in one
+process, interleaved over `--repeats` rounds (medians):
+
+- stall per save: how long `save_checkpoint()` blocks the training loop, synchronous (serialise, checksum, write,
+  fsync, rename) and asynchronous (the snapshot into the reused buffers only; the previous write is waited for
+  beforehand, so what is measured is the save's own cost);
+- throughput while a background write runs: training steps per second during the steps right after an
+  asynchronous save returns, while its write is in flight, against the same number of steps with no save at all;
+- the memory the snapshot holds (its buffers, allocated once and reused: their addresses are checked to stay put).
+
+With `--platform fsdp`, run it under `torchrun --nproc_per_node 2`: the same table for DCP's asynchronous save
+against its synchronous one (every process saves its shards; the pointer moves once all have written).
+
+    python benchmarks/async_checkpoint.py [--repeats 5] [--megabytes 100] [--steps 4]
+    torchrun --nproc_per_node 2 benchmarks/async_checkpoint.py --platform fsdp
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+import danling as dl
+from danling.runner.printing import restore_print
+
+WIDTH = 2048
+BATCH = 16
+
+
+class BenchmarkRunner(dl.Runner):
+    """Linear layers of `WIDTH` squared, about `config.megabytes` of fp32 parameters, trained with Adam."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        layers = max(1, int(self.config.megabytes * 2**20 / 4 / (WIDTH * WIDTH)))
+        self.model = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(layers)])
+        self.criterion = nn.MSELoss()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-6)
+        self.batch = (torch.randn(BATCH, WIDTH), torch.randn(BATCH, WIDTH))
+
+
+def train_steps(runner: BenchmarkRunner, steps: int) -> float:
+    """Seconds `steps` training steps take (forward, backward, Adam), synchronised with the device."""
+    input, target = (tensor.to(runner.device) for tensor in runner.batch)
+    start = time.perf_counter()
+    for _ in range(steps):
+        runner.train_step((input, target))
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def save(runner: BenchmarkRunner, background: bool) -> float:
+    """The stall of one save: the time `save_checkpoint` blocks, the previous background write already done."""
+    runner.wait_for_checkpoint()
+    runner.config.async_checkpoint = background
+    return timed(lambda: runner.save_checkpoint(save_best=False))
+
+
+def buffer_addresses(runner: BenchmarkRunner) -> set[int]:
+    writer = runner.__dict__.get("_checkpoint_writer")
+    if writer is not None:
+        return {buffer.data_ptr() for buffer in writer.buffers._buffers.values()}
+    made = runner.__dict__.get("_background_checkpointing_made")
+    return {id(made[0])} if made is not None else set()
+
+
+def snapshot_bytes(runner: BenchmarkRunner) -> int:
+    writer = runner.__dict__.get("_checkpoint_writer")
+    if writer is not None:
+        return writer.buffers.nbytes
+    # DCP's stager keeps a host copy of every storage it staged: this process's shards.
+    state = runner.unwrap(runner.model).state_dict()
+    local = sum(getattr(value, "_local_tensor", value).untyped_storage().nbytes() for value in state.values())
+    return 3 * local  # parameters and Adam's two moments
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--megabytes", type=float, default=100)
+    parser.add_argument("--steps", type=int, default=4, help="training steps timed after each save")
+    parser.add_argument("--platform", default="torch", choices=["torch", "fsdp"])
+    parser.add_argument("--root", default=None, help="where to write (default: a temporary directory)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.root) as root:
+        config = dl.Config(
+            seed=0, log=False, project_root=root, megabytes=args.megabytes, platform=args.platform, run_id="bench"
+        )
+        config.dataloader.batch_size = BATCH
+        runner = BenchmarkRunner(config)
+        runner.mode = "train"
+        train_steps(runner, 2)  # Adam's state exists, allocator and caches warm
+        save(runner, background=False)
+        save(runner, background=True)
+        runner.wait_for_checkpoint()
+        addresses = buffer_addresses(runner)
+        stalls: dict[str, list[float]] = {"sync": [], "async": []}
+        quiet: list[float] = []
+        during: list[float] = []
+        writes: list[float] = []
+        for repeat in range(args.repeats):
+            # Alternate which goes first, so neither always follows the other's dirty pages.
+            for background in (False, True) if repeat % 2 == 0 else (True, False):
+                stalls["async" if background else "sync"].append(save(runner, background))
+                if background:
+                    # Steps while the write just started runs, then how much longer the write took after them.
+                    during.append(train_steps(runner, args.steps))
+                    writes.append(timed(runner.wait_for_checkpoint))
+            quiet.append(train_steps(runner, args.steps))
+        assert buffer_addresses(runner) == addresses, "the snapshot's buffers were reallocated"
+        runner.wait_for_checkpoint()
+        if runner.is_main_process:
+            sync, background = statistics.median(stalls["sync"]), statistics.median(stalls["async"])
+            step_quiet, step_during = statistics.median(quiet), statistics.median(during)
+            device = torch.cuda.get_device_name() if runner.device.type == "cuda" else "CPU"
+            state_mb = sum(p.numel() for p in runner.unwrap(runner.model).parameters()) * 4 * 3 / 2**20
+            print(
+                f"{args.platform} on {device}, {runner.world_size} process(es), model + Adam state of "
+                f"{state_mb:.0f} MiB, median of {args.repeats} interleaved rounds"
+            )
+            print(f"  stall per save, synchronous      {sync * 1e3:8.1f} ms")
+            print(f"  stall per save, asynchronous     {background * 1e3:8.1f} ms (the snapshot)")
+            print(f"  stall ratio async / sync         {background / sync:8.3f}   (aim: <= 0.10)")
+            print(f"  {args.steps} steps, no save              {step_quiet * 1e3:8.1f} ms")
+            print(f"  {args.steps} steps, write in background  {step_during * 1e3:8.1f} ms")
+            print(f"  throughput ratio during / none   {step_quiet / step_during:8.3f}   (aim: >= 0.90)")
+            left = statistics.median(writes)
+            print(f"  write still running after them   {left * 1e3:8.1f} ms (0: it ended within the steps)")
+            print(f"  snapshot memory (this process)   {snapshot_bytes(runner) / 2**20:8.1f} MiB, reused across saves")
+    restore_print()
+
+
+if __name__ == "__main__":
+    main()
