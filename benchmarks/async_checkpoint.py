@@ -20,7 +20,6 @@ against its synchronous one (every process saves its shards; the pointer moves o
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -71,22 +70,16 @@ def save(runner: BenchmarkRunner, background: bool) -> float:
     return timed(lambda: runner.save_checkpoint(save_best=False))
 
 
-def buffer_addresses(runner: BenchmarkRunner) -> set[int]:
+def snapshot_storages(runner: BenchmarkRunner) -> list:
+    """The host storages the snapshot is copied into: our writer's buffers, or those DCP's stager keeps."""
     writer = runner.__dict__.get("_checkpoint_writer")
     if writer is not None:
-        return {buffer.data_ptr() for buffer in writer.buffers._buffers.values()}
+        return [buffer.untyped_storage() for buffer in writer.buffers._buffers.values()]
     made = runner.__dict__.get("_background_checkpointing_made")
-    return {id(made[0])} if made is not None else set()
-
-
-def snapshot_bytes(runner: BenchmarkRunner) -> int:
-    writer = runner.__dict__.get("_checkpoint_writer")
-    if writer is not None:
-        return writer.buffers.nbytes
-    # DCP's stager keeps a host copy of every storage it staged: this process's shards.
-    state = runner.unwrap(runner.model).state_dict()
-    local = sum(getattr(value, "_local_tensor", value).untyped_storage().nbytes() for value in state.values())
-    return 3 * local  # parameters and Adam's two moments
+    if made is None:
+        return []
+    # DefaultStager -> StateDictStager, which maps each staged storage (weakly) to its host copy.
+    return list(made[0]._state_dict_stager._cached_storage_mapping.values())
 
 
 def main() -> None:
@@ -108,7 +101,7 @@ def main() -> None:
         save(runner, background=False)
         save(runner, background=True)
         runner.wait_for_checkpoint()
-        addresses = buffer_addresses(runner)
+        addresses = {storage.data_ptr() for storage in snapshot_storages(runner)}
         stalls: dict[str, list[float]] = {"sync": [], "async": []}
         quiet: list[float] = []
         during: list[float] = []
@@ -122,7 +115,7 @@ def main() -> None:
                     during.append(train_steps(runner, args.steps))
                     writes.append(timed(runner.wait_for_checkpoint))
             quiet.append(train_steps(runner, args.steps))
-        assert buffer_addresses(runner) == addresses, "the snapshot's buffers were reallocated"
+        assert {storage.data_ptr() for storage in snapshot_storages(runner)} == addresses, "buffers were reallocated"
         runner.wait_for_checkpoint()
         if runner.is_main_process:
             sync, background = statistics.median(stalls["sync"]), statistics.median(stalls["async"])
@@ -141,7 +134,8 @@ def main() -> None:
             print(f"  throughput ratio during / none   {step_quiet / step_during:8.3f}   (aim: >= 0.90)")
             left = statistics.median(writes)
             print(f"  write still running after them   {left * 1e3:8.1f} ms (0: it ended within the steps)")
-            print(f"  snapshot memory (this process)   {snapshot_bytes(runner) / 2**20:8.1f} MiB, reused across saves")
+            held = sum(storage.nbytes() for storage in snapshot_storages(runner)) / 2**20
+            print(f"  snapshot memory (this process)   {held:8.1f} MiB, reused across saves")
     restore_print()
 
 
