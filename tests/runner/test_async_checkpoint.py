@@ -77,6 +77,7 @@ def test_two_process_async_checkpoints_match_synchronous_ones(tmp_path, distribu
     distributed_runner(Path(__file__).parent / "dist_scripts" / "async_checkpoint_two_processes.py", str(tmp_path))
     dirs = json.loads((tmp_path / "dirs.json").read_text())
     for scenario in ("epochs", "crash"):
+        assert dirs[scenario]["async-in-background"] and not dirs[scenario]["sync-in-background"]
         assert_same_checkpoint_files(dirs[scenario]["async"], dirs[scenario]["sync"])
     crashed = dl.load(os.path.join(dirs["crash"]["async"], "latest.pth"))
     # Both processes' random generators and measures, and where the interrupted pass was.
@@ -213,6 +214,7 @@ def test_background_write_that_cannot_grow_the_file_is_raised_in_training_and_la
 def test_resume_after_an_async_run_matches_an_uninterrupted_run(tmp_path):
     settings = {"epoch_end": 3, "checkpoint_interval": 2, "async_checkpoint": True}
     interrupted = train(tmp_path / "interrupted", fail_at_iter=13, **settings)
+    assert interrupted.checkpoint_writer() is not None
     resumed = ResumableRunner.from_checkpoint(os.path.join(interrupted.checkpoint_dir, "latest.pth"))
     resumed.config.fail_at_iter = None
     resumed.train()

@@ -17,10 +17,10 @@ from toys import Interrupted, ResumableRunner, make_config
 root = sys.argv[1]
 # 30 samples per process in batches of 8: 4 micro-batches per epoch; the crash comes inside epoch 1.
 scenarios = {
-    "epochs": {"epoch_end": 3, "save_interval": 1, "checkpoint_interval": 3},
+    "epochs": {"epoch_end": 2, "save_interval": 1, "checkpoint_interval": 3},
     "crash": {"epoch_end": 3, "checkpoint_interval": 1, "fail_at_iter": 6},
 }
-dirs: dict[str, dict[str, str]] = {}
+dirs: dict[str, dict[str, str | bool]] = {}
 rank = 0
 for scenario, settings in scenarios.items():
     for mode in ("sync", "async"):
@@ -34,6 +34,8 @@ for scenario, settings in scenarios.items():
         except Interrupted:
             assert "fail_at_iter" in settings, "only the crash scenario is interrupted"
         dirs.setdefault(scenario, {})[mode] = runner.checkpoint_dir
+        # Whether the saves went through the background writer (made at the first save, on the main process).
+        dirs[scenario][f"{mode}-in-background"] = runner.__dict__.get("_checkpoint_writer") is not None
 if rank == 0:
     with open(os.path.join(root, "dirs.json"), "w") as file:
         json.dump(dirs, file)

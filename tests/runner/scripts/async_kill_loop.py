@@ -49,6 +49,7 @@ def launch(root: str) -> None:
     config = make_config(root, resume=True, step_end=STEPS, checkpoint_interval=1, async_checkpoint=True)
     runner = WideRunner(config)
     runner.train()
+    assert runner.__dict__.get("_checkpoint_writer") is not None, "the saves were not written in the background"
     torch.save(runner.model.state_dict(), os.path.join(root, "final.pt"))
 
 
