@@ -364,3 +364,43 @@ def test_cuda_snapshot_goes_to_pinned_buffers_reused_across_saves_and_matches_a_
     asynchronous.save_checkpoint()
     asynchronous.wait_for_checkpoint()
     assert {path: buffer.data_ptr() for path, buffer in buffers._buffers.items()} == addresses
+
+
+def test_fsdp_on_one_process_publishes_its_async_checkpoint_and_resumes_from_it(tmp_path, own_process_group):
+    from danling.runner.dcp import dcp_to_full_state_dict
+    from danling.runner.pointers import resolve_checkpoint
+
+    settings = {"platform": "fsdp", "epoch_end": 2, "checkpoint_interval": 3, "samples": 48}
+    asynchronous = train(tmp_path / "async", async_checkpoint=True, **settings)
+    assert "_background_checkpointing_made" in asynchronous.__dict__
+    # Published at the end of training: latest names a complete checkpoint of the last step.
+    latest = os.path.join(asynchronous.checkpoint_dir, "latest.dcp")
+    synchronous = train(tmp_path / "sync", **settings)
+    saved = dcp_to_full_state_dict(resolve_checkpoint(latest))
+    expected = dcp_to_full_state_dict(resolve_checkpoint(os.path.join(synchronous.checkpoint_dir, "latest.dcp")))
+    assert_bitwise_equal(saved, expected)
+    resumed = ResumableRunner.from_checkpoint(latest)
+    assert resumed.config.steps == asynchronous.config.steps == 12
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fsdp_on_nccl_saves_in_the_background_on_a_gloo_group_and_matches_a_synchronous_save(
+    tmp_path, own_process_group
+):
+    from torch import distributed as dist
+
+    from danling.runner.dcp import dcp_to_full_state_dict
+    from danling.runner.pointers import resolve_checkpoint
+
+    settings = {"platform": "fsdp", "epoch_end": 2, "checkpoint_interval": 3, "samples": 48, "device": "cuda"}
+    asynchronous = train(tmp_path / "async", async_checkpoint=True, **settings)
+    assert dist.get_backend() == "nccl"
+    _, group = asynchronous.__dict__["_background_checkpointing_made"]
+    assert dist.get_backend(group) == "gloo"
+    synchronous = train(tmp_path / "sync", **settings)
+    saved, expected = (
+        dcp_to_full_state_dict(resolve_checkpoint(os.path.join(runner.checkpoint_dir, "latest.dcp")))
+        for runner in (asynchronous, synchronous)
+    )
+    assert_bitwise_equal(saved, expected)
