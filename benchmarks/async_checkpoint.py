@@ -8,20 +8,24 @@ process, interleaved over `--repeats` rounds (medians):
   beforehand, so what is measured is the save's own cost);
 - throughput while a background write runs: training steps per second during the steps right after an
   asynchronous save returns, while its write is in flight, against the same number of steps with no save at all;
-- the memory the snapshot holds (its buffers, allocated once and reused: their addresses are checked to stay put).
+- the memory the snapshot holds (its buffers, allocated once and reused: their addresses are checked to stay put);
+- with `--compare-writers`, training steps while the same snapshot is written by a thread or by another process
+  (the choice of a thread rests on it).
 
 With `--platform fsdp`, run it under `torchrun --nproc_per_node 2`: the same table for DCP's asynchronous save
 against its synchronous one (every process saves its shards; the pointer moves once all have written).
 
-    python benchmarks/async_checkpoint.py [--repeats 5] [--megabytes 100] [--steps 4]
+    python benchmarks/async_checkpoint.py [--repeats 5] [--megabytes 100] [--steps 4] [--compare-writers]
     torchrun --nproc_per_node 2 benchmarks/async_checkpoint.py --platform fsdp
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
+import threading
 import time
 
 import torch
@@ -82,6 +86,59 @@ def snapshot_storages(runner: BenchmarkRunner) -> list:
     return list(made[0]._state_dict_stager._cached_storage_mapping.values())
 
 
+def _write_on_request(connection, snapshot, path: str) -> None:
+    """In a writer process: write `snapshot` (received once, through shared memory) at each request."""
+    connection.send("ready")
+    while connection.recv() == "write":
+        dl.save(snapshot, path)
+        connection.send("written")
+
+
+def compare_writers(runner: BenchmarkRunner, root: str, steps: int, repeats: int) -> None:
+    """Training steps while the same snapshot is written by a thread of this process, or by another process.
+
+    The process receives the snapshot once, in shared memory, so what is compared is the write itself competing
+    with training (for the GIL, the cores and the memory bandwidth), not the transfer a process writer would add.
+    """
+    from danling.runner.async_checkpoint import SnapshotBuffers
+
+    snapshot = SnapshotBuffers().copy(runner.state_dict())
+    for tensor in _tensors(snapshot):
+        tensor.share_memory_()
+    context = torch.multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_write_on_request, args=(theirs, snapshot, os.path.join(root, "process.pth")))
+    process.start()
+    ours.recv()
+    times: dict[str, list[float]] = {"no write": [], "thread writes": [], "process writes": [], "write alone": []}
+    for _ in range(repeats):
+        times["no write"].append(train_steps(runner, steps))
+        thread = threading.Thread(target=dl.save, args=(snapshot, os.path.join(root, "thread.pth")))
+        thread.start()
+        times["thread writes"].append(train_steps(runner, steps))
+        thread.join()
+        ours.send("write")
+        times["process writes"].append(train_steps(runner, steps))
+        ours.recv()
+        times["write alone"].append(timed(lambda: dl.save(snapshot, os.path.join(root, "thread.pth"))))
+    ours.send("stop")
+    process.join()
+    print(f"writer in a thread or in a process: {steps} steps while the snapshot is written, median of {repeats}")
+    for name, values in times.items():
+        print(f"  {name:<16} {statistics.median(values) * 1e3:8.1f} ms")
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -89,6 +146,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="training steps timed after each save")
     parser.add_argument("--platform", default="torch", choices=["torch", "fsdp"])
     parser.add_argument("--root", default=None, help="where to write (default: a temporary directory)")
+    parser.add_argument(
+        "--compare-writers", action="store_true", help="also time a writer thread against a writer process (torch)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.root) as root:
         config = dl.Config(
@@ -136,6 +196,8 @@ def main() -> None:
             print(f"  write still running after them   {left * 1e3:8.1f} ms (0: it ended within the steps)")
             held = sum(storage.nbytes() for storage in snapshot_storages(runner)) / 2**20
             print(f"  snapshot memory (this process)   {held:8.1f} MiB, reused across saves")
+        if args.compare_writers and args.platform == "torch":
+            compare_writers(runner, root, args.steps, args.repeats)
     restore_print()
 
 
