@@ -154,7 +154,8 @@ def test_background_write_failure_is_raised_in_training_naming_the_file_and_late
 
 
 # Two epochs unlimited, then file sizes limited to half the checkpoint and two more epochs: the write of epoch 2's
-# checkpoint fails in the background ("File too large"; SIGXFSZ ignored), and epoch 3's save raises it.
+# checkpoint fails in the background ("File too large"; SIGXFSZ ignored), and epoch 3's save raises it. On `fsdp`,
+# the small run state (`runner.pth`) is written before the save returns; the shards are what fails.
 FILE_TOO_LARGE_CHILD = """
 import json, os, resource, shutil, signal, sys
 import torch
@@ -163,7 +164,7 @@ import danling as dl
 from toys import make_config, regression_data
 
 
-class WideRunner(dl.TorchRunner):
+class WideRunner(dl.Runner):
     def __init__(self, config):
         super().__init__(config)
         self.model = nn.Sequential(nn.Linear(4, 8192), nn.Linear(8192, 1))  # a checkpoint of about 400 KiB
@@ -172,30 +173,31 @@ class WideRunner(dl.TorchRunner):
         self.datasets.train = regression_data(32, seed=0)
 
 
-root, copy = sys.argv[1], sys.argv[2]
-runner = WideRunner(make_config(root, epoch_end=2, async_checkpoint=True))
+root, copy, platform = sys.argv[1], sys.argv[2], sys.argv[3]
+runner = WideRunner(make_config(root, epoch_end=2, async_checkpoint=True, platform=platform))
 runner.train()
-latest = os.path.join(runner.checkpoint_dir, "latest.pth")
+latest = os.path.join(runner.checkpoint_dir, "latest" + runner.checkpoint_extension)
 shutil.copyfile(latest, copy)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(latest) // 2, resource.RLIM_INFINITY))
+resource.setrlimit(resource.RLIMIT_FSIZE, (200 * 1024, resource.RLIM_INFINITY))
 runner.config.epoch_begin, runner.config.epoch_end = 2, 4
 report = {"latest": latest}
 try:
     runner.train()
 except Exception as error:
     report.update(type=type(error).__name__, message=str(error), errno=getattr(error, "errno", None))
-report.update(epochs=runner.config.epochs)
+report.update(epochs=runner.config.epochs, latest_epochs=runner.read_checkpoint_file(latest)["runner"]["epochs"])
 print(json.dumps(report))
 """
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ") or os.name != "posix", reason="needs RLIMIT_FSIZE and SIGXFSZ")
-def test_background_write_that_cannot_grow_the_file_is_raised_in_training_and_latest_is_unchanged(tmp_path):
+@pytest.mark.parametrize("platform", ["torch", "fsdp"])
+def test_background_write_that_cannot_grow_the_file_is_raised_in_training_and_latest_is_unchanged(tmp_path, platform):
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
-    copy = tmp_path / "latest-before.pth"
+    copy = tmp_path / "latest-before"
     child = subprocess.run(
-        [sys.executable, "-c", FILE_TOO_LARGE_CHILD, str(tmp_path / "run"), str(copy)],
+        [sys.executable, "-c", FILE_TOO_LARGE_CHILD, str(tmp_path / "run"), str(copy), platform],
         capture_output=True,
         text=True,
         env=env,
@@ -204,11 +206,17 @@ def test_background_write_that_cannot_grow_the_file_is_raised_in_training_and_la
     )
     assert child.returncode == 0, child.stderr
     report = json.loads(child.stdout.strip().splitlines()[-1])
-    assert report.get("errno") == errno.EFBIG, report
-    assert report["latest"] in report["message"]
+    if platform == "torch":
+        assert report.get("errno") == errno.EFBIG, report
+        assert report["latest"] in report["message"]
+    else:
+        # Raised on every process, naming the checkpoint directory whose shards could not be written.
+        directory = os.path.join(os.path.dirname(report["latest"]), "dcp", "latest-s")
+        assert report["type"] == "RuntimeError" and directory in report["message"], report
+        assert "was not written; latest still names the previous one: process 0:" in report["message"]
     assert report["epochs"] == 3  # raised by epoch 3's save: the failure of epoch 2's did not go unnoticed
     assert Path(report["latest"]).read_bytes() == copy.read_bytes()
-    assert dl.load(report["latest"])["runner"]["epochs"] == 1
+    assert report["latest_epochs"] == 1
 
 
 def test_resume_after_an_async_run_matches_an_uninterrupted_run(tmp_path):
