@@ -66,6 +66,7 @@ EXECUTION_NAMES = frozenset(
         "max_epoch_checkpoints",
         "checkpoint_interval",
         "checkpoint_spare",
+        "async_checkpoint",
         "compile",
     }
 )
@@ -114,6 +115,7 @@ RESUME_STEERING_KEYS = frozenset(
         "eval_interval",
         "max_epoch_checkpoints",
         "checkpoint_spare",
+        "async_checkpoint",
         "save_checkpoints",
         "patience",
         "log",

@@ -73,6 +73,7 @@ class AccelerateRunner(PointedCheckpoints, TorchRunner):
     """
 
     checkpoint_extension = POINTER_EXTENSION
+    writes_checkpoints_in_background = False  # Accelerate's own checkpoint writer has no background mode here
     checkpoint_states_dir = STATES_DIR_NAME
     _prepared: frozenset[str] = frozenset()
 

@@ -265,6 +265,8 @@ class CheckpointIO:
         """
         if not self.is_main_process:  # type: ignore[attr-defined]
             return
+        self.wait_for_checkpoint()  # the save in flight completes (or its failure is raised) before this one starts
+        writer = self.checkpoint_writer()
         state = self.state_dict()
         epochs = self.config.epochs if epochs is None else epochs
         checkpoint_dir = self.checkpoint_dir  # type: ignore[attr-defined]
@@ -274,13 +276,45 @@ class CheckpointIO:
             self.__dict__["_checkpoint_dir_tidied"] = True
         latest_path = os.path.join(checkpoint_dir, f"{name}.pth")
         spare = bool(self.config.get("checkpoint_spare")) and latest_path.endswith(".pth")
-        self.save(state, latest_path, spare=spare)  # type: ignore[attr-defined]
+        # Decided now, from the state at this step: a background write must not read what training changes later.
         snapshot, scored = checkpoint_roles(self.config, state.get("position"), epochs)
-        if snapshot:
-            atomic_copy(latest_path, os.path.join(checkpoint_dir, f"epoch-{epochs}.pth"))
-            prune_epoch_checkpoints(checkpoint_dir, self.config.get("max_epoch_checkpoints"))
-        if scored and save_best and self.is_best:  # type: ignore[attr-defined]
-            atomic_copy(latest_path, os.path.join(checkpoint_dir, "best.pth"))
+        best = scored and save_best and self.is_best  # type: ignore[attr-defined]
+        keep = self.config.get("max_epoch_checkpoints")
+
+        def write(state: Mapping) -> None:
+            self.save(state, latest_path, spare=spare)  # type: ignore[attr-defined]
+            if snapshot:
+                atomic_copy(latest_path, os.path.join(checkpoint_dir, f"epoch-{epochs}.pth"))
+                prune_epoch_checkpoints(checkpoint_dir, keep)
+            if best:
+                atomic_copy(latest_path, os.path.join(checkpoint_dir, "best.pth"))
+
+        if writer is None:
+            write(state)
+        else:
+            writer.submit(state, write, latest_path)
+
+    def checkpoint_writer(self) -> Any:
+        """The background [`CheckpointWriter`][danling.runner.async_checkpoint.CheckpointWriter] of this runner when
+        `config.async_checkpoint` is on, else `None`; made at the first save, and kept (with its buffers)."""
+        if not self.config.get("async_checkpoint"):
+            return None
+        writer = self.__dict__.get("_checkpoint_writer")
+        if writer is None:
+            from .async_checkpoint import CheckpointWriter  # imports torch, which this module does not
+
+            writer = self.__dict__["_checkpoint_writer"] = CheckpointWriter()
+        return writer
+
+    def wait_for_checkpoint(self, raise_error: bool = True) -> BaseException | None:
+        """Wait for the checkpoint being written in the background, if any, and raise its failure.
+
+        With `raise_error=False`, the failure is returned instead (for a caller already raising another error).
+        A no-op without `config.async_checkpoint`. Training calls it at its end; call it yourself before reading a
+        checkpoint you saved with `save_checkpoint` outside `train`.
+        """
+        writer = self.__dict__.get("_checkpoint_writer")
+        return None if writer is None else writer.wait(raise_error)
 
     def load_config(self, checkpoint: CheckpointLike, overwrite: bool = False, *args: Any, **kwargs: Any) -> None:
         """Take the config of the run that wrote `checkpoint`, to continue it.
@@ -424,6 +458,7 @@ class CheckpointIO:
         """
         if self.model is None:
             raise ValueError("model is not defined: assign self.model before loading a checkpoint")
+        self.wait_for_checkpoint()  # a checkpoint still being written in the background is read complete, or not
         ckpt = self.read_checkpoint_file(checkpoint, **kwargs)
         self.load_state_dict(ckpt)
         if not isinstance(checkpoint, Mapping):

@@ -158,6 +158,10 @@ class Config(chanfig.Config):
     checkpoint_spare: bool = True
     """Keep the replaced `latest.pth` as a hidden spare and rewrite it in place at the next save: much faster
     frequent saves, for one more checkpoint's worth of disk."""
+    async_checkpoint: bool = False
+    """Write checkpoints in the background: a save copies the state (to reused host buffers, pinned for GPU
+    tensors: one more copy of the state in host memory) and training goes on while a thread writes, fsyncs and
+    publishes it; the next save waits for the previous one. Platforms `torch` and `fsdp` only."""
     checkpoint: str | None = None
     """Path of a checkpoint to resume from."""
     resume: bool = False

@@ -24,8 +24,10 @@ __all__ = [
     "METADATA_FILE",
     "ModelOptimizerState",
     "checkpoint_complete",
+    "dcp_async_save",
     "dcp_load",
     "dcp_save",
+    "snapshot_stager",
     "dcp_to_full_state_dict",
 ]
 
@@ -114,6 +116,49 @@ def dcp_save(state: dict[str, Any], directory: str | os.PathLike, overwrite: boo
     writer = dcp.FileSystemWriter(directory, overwrite=True)
     with _quiet_single_process():
         dcp.save(state, storage_writer=writer, no_dist=not _process_group_active())
+
+
+def snapshot_stager(pinned: bool) -> Any:
+    """A DCP stager that copies a state to host memory on the calling thread, into storages it keeps and reuses.
+
+    One per runner: it caches a host copy of every storage it has staged (keyed by the original storage), so saving
+    the same state again allocates nothing. `pinned` (for a state on a GPU) pins those copies and transfers them
+    without blocking, synchronizing once they are all queued. Close it (`close()`) when done with it.
+    """
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    return DefaultStager(
+        StagingOptions(
+            use_pinned_memory=pinned, use_shared_memory=False, use_async_staging=False, use_non_blocking_copy=pinned
+        )
+    )
+
+
+def dcp_async_save(state: dict[str, Any], directory: str | os.PathLike, stager: Any, process_group: Any) -> Any:
+    """Start saving `state` as a DCP checkpoint in `directory`; return a future done when this rank's part is.
+
+    Every rank calls it. The state is staged (copied by `stager`, see `snapshot_stager`) before this returns, so
+    training may change it at once; the writes, and the collectives that finish the checkpoint (`.metadata`, by the
+    coordinator, once every rank has written), run in a background thread on `process_group`, which must be a
+    `gloo` group used by nothing else (the background collectives must never interleave with training's).
+
+    Raises:
+        FileExistsError: If `directory` already holds a finished checkpoint.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    if os.path.exists(os.path.join(directory, METADATA_FILE)):
+        raise FileExistsError(f"{directory} already holds a checkpoint")
+    writer = dcp.FileSystemWriter(directory, overwrite=True)
+    active = _process_group_active()
+    with _quiet_single_process():
+        return dcp.async_save(
+            state,
+            storage_writer=writer,
+            process_group=process_group if active else None,
+            async_stager=stager,
+            no_dist=not active,
+        )
 
 
 def dcp_load(state: dict[str, Any], directory: str | os.PathLike) -> None:

@@ -154,6 +154,7 @@ class DeepSpeedRunner(PointedCheckpoints, TorchRunner):
     """
 
     checkpoint_extension = POINTER_EXTENSION
+    writes_checkpoints_in_background = False  # DeepSpeed's own checkpoint writer has no background mode here
     checkpoint_states_dir = ENGINE_DIR_NAME
     needs_process_group = True
     wraps_before_restore = True  # the checkpoint loads into the engine

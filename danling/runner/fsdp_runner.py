@@ -25,7 +25,7 @@ from ..runs import CHECKPOINT_EXTENSIONS
 from ..utils import distributed as du
 from ..utils.io import CorruptFileError, load, save
 from . import dcp, fsdp_utils
-from .checkpoint import CheckpointLike, extract_model_state
+from .checkpoint import CheckpointLike, checkpoint_roles, extract_model_state
 from .pointers import PointedCheckpoints, fresh_tag, resolve_checkpoint
 from .torch_runner import TorchRunner
 
@@ -186,6 +186,9 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
         """
         epochs = self.config.epochs if epochs is None else epochs
         shards = os.path.join(self.checkpoint_dir, self.checkpoint_states_dir)
+        background = bool(self.config.get("async_checkpoint"))
+        if background:
+            self.wait_for_checkpoint()  # the save in flight is published (or its failure raised) first
 
         def start() -> str:
             tag = fresh_tag(shards, name, self.config.steps)
@@ -197,11 +200,66 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
         # The main process's name, sent once the directory exists (on a shared filesystem) for every process; if it
         # fails to make it (a full disk), every process raises instead of waiting for the name.
         tag = self.run_on_main_process(start, f"checkpoint {name} was not started")
+        if background:
+            # Roles decided now, from the state at this step; the pointers move once every process has written.
+            snapshot, scored = checkpoint_roles(self.config, self._position, epochs)
+            best = scored and save_best and self.is_best
+            stager, group = self._background_checkpointing()
+            future = dcp.dcp_async_save(self.sharded_state(), os.path.join(shards, tag), stager, group)
+            self.__dict__["_checkpoint_in_flight"] = (future, tag, name, epochs, snapshot, best)
+            return
         dcp.dcp_save(self.sharded_state(), os.path.join(shards, tag))
         # dcp_save returns on the main process after it wrote `.metadata`, which it does once every process has
         # finished: the checkpoint is complete, and pointing at it is safe. Every process waits for the pointers,
         # so none reads `latest` before it names this checkpoint.
         self.finish_on_main_process(tag, lambda: self.publish_checkpoint(name, tag, epochs, save_best))
+
+    def _background_checkpointing(self) -> tuple[Any, Any]:
+        """The stager (host buffers reused from save to save) and the `gloo` group of background saves; made at the
+        first, collectively (every process saves together)."""
+        made = self.__dict__.get("_background_checkpointing_made")
+        if made is None:
+            from torch import distributed as dist
+
+            # A group of its own: DCP's collectives run in its writer thread, and must never interleave with those of
+            # training (or of the preemption agreement); gloo, which async saving requires, whatever training uses.
+            group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+            made = self.__dict__["_background_checkpointing_made"] = (
+                dcp.snapshot_stager(pinned=self.device.type == "cuda"),
+                group,
+            )
+        return made
+
+    def wait_for_checkpoint(self, raise_error: bool = True) -> BaseException | None:
+        """Wait for the checkpoint being written in the background; once every process has written its part, point
+        `latest` (and `best`, `epoch-N`) at it. Collective, with `raise_error` (training calls it at each save and at
+        its end; call it after your own `save_checkpoint` calls, on every process).
+
+        A failure on any process is raised on every process, naming the checkpoint, and no pointer moves. With
+        `raise_error=False` (after a crash, when the other processes may never come), this process only waits for its
+        own part, returns its failure, and publishes nothing: `latest` stays the previous checkpoint.
+        """
+        in_flight = self.__dict__.pop("_checkpoint_in_flight", None)
+        if in_flight is None:
+            return None
+        future, tag, name, epochs, snapshot, best = in_flight
+        failure: BaseException | None = None
+        try:
+            future.result()
+        # Whatever it is, every process must hear of it before any pointer moves.
+        except BaseException as error:
+            failure = error
+        if not raise_error:
+            return failure
+        failures = du.all_gather_object(None if failure is None else f"{type(failure).__name__}: {failure}")
+        failed = [f"process {rank}: {message}" for rank, message in enumerate(failures) if message is not None]
+        if failed:
+            directory = os.path.join(self.checkpoint_dir, self.checkpoint_states_dir, tag)
+            raise RuntimeError(
+                f"checkpoint {directory} was not written; {name} still names the previous one: " + "; ".join(failed)
+            ) from failure
+        self.finish_on_main_process(tag, lambda: self.publish_checkpoint_as(name, tag, epochs, snapshot, best))
+        return None
 
     @staticmethod
     def is_checkpoint(path: str) -> bool:
@@ -233,6 +291,7 @@ class FSDPRunner(PointedCheckpoints, TorchRunner):
         """
         if self.model is None:
             raise ValueError("model is not defined: assign self.model before loading a checkpoint")
+        self.wait_for_checkpoint()
         if isinstance(checkpoint, Mapping):
             state = checkpoint
             if "dcp" not in state:

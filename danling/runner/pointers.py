@@ -147,6 +147,13 @@ class PointedCheckpoints:
         As for single-file checkpoints, a checkpoint from inside an epoch is never an epoch snapshot, and is `best`
         only when taken right after an evaluation (training by steps).
         """
+        snapshot, scored = checkpoint_roles(self.config, self._position, epochs)
+        self.publish_checkpoint_as(name, tag, epochs, snapshot, scored and save_best and self.is_best)
+
+    def publish_checkpoint_as(self, name: str, tag: str, epochs: int, snapshot: bool, best: bool) -> None:
+        """Point `{name}` at the complete checkpoint `tag`, `epoch-{epochs}` if `snapshot` and `best` if `best`;
+        main process only. The roles are decided by the caller (when the checkpoint was taken, for one written in
+        the background)."""
         checkpoint_dir, extension = self.checkpoint_dir, self.checkpoint_extension
         target = os.path.join(self.checkpoint_states_dir, tag)
         # The checkpoint's entries, its own entry and its parent's reach the disk before any pointer names it, so a
@@ -155,10 +162,9 @@ class PointedCheckpoints:
         for directory in (os.path.join(checkpoint_dir, target), states, checkpoint_dir):
             fsync_dir(directory)
         point(checkpoint_dir, name, target, extension)
-        snapshot, scored = checkpoint_roles(self.config, self._position, epochs)
         if snapshot:
             point(checkpoint_dir, f"epoch-{epochs}", target, extension)
             prune_epoch_checkpoints(checkpoint_dir, self.config.get("max_epoch_checkpoints"), extension)
-        if scored and save_best and self.is_best:
+        if best:
             point(checkpoint_dir, "best", target, extension)
         remove_unreferenced(checkpoint_dir, self.checkpoint_states_dir, extension)

@@ -72,10 +72,17 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
     """Whether the backend needs a process group on one process too (FSDP, DeepSpeed): one of one is made."""
     wraps_before_restore: bool = False
     """Whether a checkpoint loads into the wrapped model, so wrapping comes first (see `restore_and_wrap`)."""
+    writes_checkpoints_in_background: bool = True
+    """Whether the backend supports `config.async_checkpoint`; one that does not refuses it at construction."""
 
     def __init__(self, config: Mapping) -> None:
         # Before anything is set up: a runner of one platform must not quietly run a config asking for another.
         _check_platform_runner(type(self), config.get("platform") or "auto")
+        if config.get("async_checkpoint") and not self.writes_checkpoints_in_background:
+            raise ValueError(
+                f"config.async_checkpoint is not supported by {type(self).__name__}: its engine writes its own "
+                "checkpoints, synchronously; set async_checkpoint to False, or use platform 'torch' or 'fsdp'"
+            )
         super().__init__(config)
 
     def __post_init__(self) -> None:

@@ -83,7 +83,16 @@ class TrainingLoop(StepTraining, RunnerParts):
                     end_state = self._train_by_steps(train_splits, evaluate_splits)
                 else:
                     end_state = self._train_by_epochs(train_splits, evaluate_splits)
+                # The run has ended only once its last checkpoint is on disk (written in the background, maybe).
+                self.wait_for_checkpoint()
             except Preempted as preempted:
+                # Preempted promises a saved state: a save that failed in the background is the error to raise.
+                # Every process stops at the same step, so waiting here may be collective (FSDP's publication).
+                try:
+                    self.wait_for_checkpoint()
+                except Exception as failure:
+                    self._record_failure("crashed", error=f"{type(failure).__name__}: {failure}")
+                    raise failure from preempted
                 outcome = "interrupted"
                 self._record_failure("interrupted", signal=signal.Signals(preempted.signum).name)
                 raise
@@ -99,6 +108,11 @@ class TrainingLoop(StepTraining, RunnerParts):
                 outcome = end_state
                 self.write_run_state(end_state)
             finally:
+                # After a crash, the save in flight is still completed and published (or the previous `latest` is
+                # left); its own failure, if any, is only reported: the crash is the error to raise.
+                unsaved = self.wait_for_checkpoint(raise_error=False)
+                if unsaved is not None:
+                    warn(f"the checkpoint being written when training stopped failed: {unsaved}", stacklevel=2)
                 # After an error the others may never start the exchange this process waits for: wait a little only.
                 self._close_agreement(timeout=10.0)
                 self._preemption = self._epoch_result = None

@@ -46,6 +46,7 @@ EXECUTION_VALUES = {
     "checkpoint_interval": 10,
     "checkpoint_spare": False,
     "compile": {"mode": "max-autotune"},
+    "async_checkpoint": True,
 }
 
 

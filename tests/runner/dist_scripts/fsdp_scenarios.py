@@ -12,6 +12,8 @@ Usage: fsdp_scenarios.py SCENARIO OUTPUT ROOT [EPOCHS]
 - `moved-pointer`: two complete checkpoints; a run resumes from `latest.dcp`, which another run re-points at the
   other checkpoint after the main process read it and before process 1 does: each records the steps it resumed at
   and the full weights it loaded, with the full weights of both checkpoints.
+- `async`: the same FSDP run with synchronous and with asynchronous checkpoints: what every pointer's checkpoint
+  holds (its run state, and its full DCP state), read back.
 - `oracle`: FSDP runs that record, at every optimizer step, the samples each process trained on and the full
   (gathered) parameters and gradients, for the test to recompute on one process with plain torch: `clip` (batch 8,
   clipping active), `accumulate` (micro-batches of 4, accumulated over 2) and `large` (batches of 8).
@@ -262,6 +264,28 @@ def main() -> None:
             runner = runner_class(config)
             runner.train()
             report[name] = {"steps": runner.records, "sharded_grads_between": runner.sharded_grads_between}
+    elif scenario == "async":
+        from danling.runner.dcp import dcp_to_full_state_dict
+        from danling.runner.pointers import resolve_checkpoint
+
+        settings = {"epoch_end": 2, "save_interval": 1, "checkpoint_interval": 4, **SAMPLES}
+        for mode in ("sync", "async"):
+            config = make_config(
+                os.path.join(root, mode), platform="fsdp", async_checkpoint=mode == "async", **settings
+            )
+            runner = ResumableRunner(config)
+            runner.train()
+            checkpoints = runner.checkpoint_dir
+            report[mode] = {"final": full(runner), "dirs": len(os.listdir(os.path.join(checkpoints, "dcp")))}
+            report[f"{mode}-in-background"] = "_background_checkpointing_made" in runner.__dict__
+            for name in sorted(os.listdir(checkpoints)):
+                if not name.endswith(".dcp"):
+                    continue
+                directory = resolve_checkpoint(os.path.join(checkpoints, name))
+                run_state = dict(dl.load(os.path.join(directory, "runner.pth")))
+                del run_state["timestamp"]
+                run_state["runner"] = {key: run_state["runner"][key] for key in ("iters", "steps", "epochs")}
+                report[mode][name] = {"run": run_state, "dcp": dcp_to_full_state_dict(directory)}
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     torch.save(report, os.path.join(output, f"{scenario}-rank{rank}.pt"))
