@@ -10,7 +10,8 @@ samples it would have received).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -92,27 +93,44 @@ def _layout(dataset: Any) -> Layout | None:
     return None if any(part is None for part in layouts) else layouts
 
 
-def _gather(layout: Layout, index: torch.Tensor) -> Any:
-    """The batch `default_collate` makes of the samples at `index`: stacked rows, tuples turned into lists."""
-    if isinstance(layout, torch.Tensor):
-        return layout[index]
-    if isinstance(layout, tuple):
-        return [_gather(part, index) for part in layout]
-    if isinstance(layout, dict):
-        return {key: _gather(part, index) for key, part in layout.items()}
-    return torch.as_tensor(layout[index.numpy()])
+def _rows(tensor: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    # `index_select` on the CPU: the same rows as `tensor[index]`, through less of advanced indexing's machinery.
+    if tensor.device.type == "cpu":
+        return partial(torch.index_select, tensor, 0)
+    return tensor.__getitem__
 
 
-def _split(layout: Layout, index: torch.Tensor) -> list | tuple:
-    """The samples at `index`, as `dataset[i]` gives them, made from one indexing per tensor."""
+def _gatherer(layout: Layout) -> Callable[[torch.Tensor], Any]:
+    """A function giving the batch `default_collate` makes of the samples at an index: stacked rows, and tuples
+    turned into lists, as `default_collate` turns them. Built once, so a batch costs no dispatch on the layout."""
     if isinstance(layout, torch.Tensor):
-        return layout[index].unbind(0)
+        return _rows(layout)
+    if isinstance(layout, np.ndarray):
+        array = layout
+        return lambda index: torch.as_tensor(array[index.numpy()])
     if isinstance(layout, tuple):
-        return list(zip(*(_split(part, index) for part in layout)))
-    if isinstance(layout, dict):
-        keys = list(layout)
-        return [dict(zip(keys, values)) for values in zip(*(_split(layout[key], index) for key in keys))]
-    return list(layout[index.numpy()])
+        parts = [_gatherer(part) for part in layout]
+        if all(isinstance(part, torch.Tensor) and part.device.type == "cpu" for part in layout):
+            tensors = list(layout)  # the common case, a TensorDataset: one comprehension, no nested calls
+            return lambda index: [torch.index_select(tensor, 0, index) for tensor in tensors]
+        return lambda index: [part(index) for part in parts]
+    named = [(key, _gatherer(part)) for key, part in layout.items()]
+    return lambda index: {key: part(index) for key, part in named}
+
+
+def _splitter(layout: Layout) -> Callable[[torch.Tensor], Sequence]:
+    """A function giving the samples at an index, as `dataset[i]` gives them, from one indexing per tensor."""
+    if isinstance(layout, torch.Tensor):
+        rows = _rows(layout)
+        return lambda index: rows(index).unbind(0)
+    if isinstance(layout, np.ndarray):
+        array = layout
+        return lambda index: list(array[index.numpy()])
+    if isinstance(layout, tuple):
+        parts = [_splitter(part) for part in layout]
+        return lambda index: list(zip(*(part(index) for part in parts)))
+    keys, values = list(layout), [_splitter(part) for part in layout.values()]
+    return lambda index: [dict(zip(keys, row)) for row in zip(*(part(index) for part in values))]
 
 
 class BatchFetch(Dataset):
@@ -133,6 +151,7 @@ class BatchFetch(Dataset):
         self.dataset = dataset
         self.layout = layout
         self.samples = samples
+        self.fetch = _splitter(layout) if samples else _gatherer(layout)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -141,8 +160,15 @@ class BatchFetch(Dataset):
         return self.dataset[index]
 
     def __getitems__(self, indices: list[int] | torch.Tensor) -> Any:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return _split(self.layout, index) if self.samples else _gather(self.layout, index)
+        return self.fetch(torch.as_tensor(indices, dtype=torch.long))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers started by spawn receive a pickled copy: the fetch function (closures) is rebuilt there.
+        return {key: value for key, value in self.__dict__.items() if key != "fetch"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.fetch = _splitter(self.layout) if self.samples else _gatherer(self.layout)
 
 
 def batch_fetch(dataset: Any, samples: bool = False) -> BatchFetch | None:
@@ -187,19 +213,25 @@ class RunnerLoader(DataLoader):
             return super().__iter__()
         # Drawn when the pass starts, as DataLoader's iterator draws it, whether or not a worker uses it.
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-        order: Any = list(batch_sampler.sampler)
-        size, dataset = batch_sampler.batch_size, self.dataset
-        stop = len(order) - len(order) % size if batch_sampler.drop_last else len(order)
+        sampler, size, dataset = batch_sampler.sampler, batch_sampler.batch_size, self.dataset
         if isinstance(dataset, BatchFetch):
-            # One conversion per pass; each batch's indices are then a view.
-            order = torch.as_tensor(order, dtype=torch.long)
-        return self._batches(order, size, stop)
+            # The order as a tensor (the runner's samplers make one directly), cut into views: a batch's indices
+            # cost nothing more.
+            index_tensor = getattr(sampler, "index_tensor", None)
+            order = index_tensor() if index_tensor is not None else torch.as_tensor(list(sampler), dtype=torch.long)
+            # `split` makes one empty chunk of an empty order (a pass resumed at its end): no batch at all.
+            chunks: Any = order.split(size) if len(order) else ()
+            if batch_sampler.drop_last and len(order) % size:
+                chunks = chunks[:-1]
+            return map(dataset.fetch, chunks) if self.collate_fn is keep_batch else self._collated(chunks)
+        indices = list(sampler)
+        stop = len(indices) - len(indices) % size if batch_sampler.drop_last else len(indices)
+        return self._collated(indices[start : start + size] for start in range(0, stop, size))
 
-    def _batches(self, order: Any, size: int, stop: int) -> Iterator[Any]:
+    def _collated(self, chunks: Iterable) -> Iterator[Any]:
         dataset, collate_fn = self.dataset, self.collate_fn
         getitems = getattr(dataset, "__getitems__", None)
-        for start in range(0, stop, size):
-            indices = order[start : start + size]
+        for indices in chunks:
             if getitems:
                 yield collate_fn(getitems(indices))
             else:

@@ -21,6 +21,7 @@ from toys import (
 )
 
 from danling.runner.batching import BatchFetch, RunnerLoader, TensorMapping
+from danling.runner.training import TrainingLoop
 
 generator = torch.Generator().manual_seed(0)
 X = torch.randn(23, 3, generator=generator)
@@ -146,6 +147,12 @@ def test_workers_give_the_same_batches(tmp_path):
     assert_bitwise_equal(batched, batches(tmp_path / "main", True, epochs=1, config={"data": "tensor_mapping"}))
 
 
+def test_a_pass_skipped_to_its_end_yields_no_batch(tmp_path):
+    runner = DataRunner(make_config(tmp_path, data="tensor_dataset"))
+    runner.datasamplers.train.skip(len(runner.datasets.train))
+    assert list(runner.dataloaders.train) == []
+
+
 def test_runner_loader_keeps_the_generators_course(tmp_path):
     """The loader's generator (its workers' seeds) moves as a DataLoader's does, pass after pass."""
     dataset = TensorDataset(X, Y)
@@ -201,3 +208,50 @@ def test_two_processes_resumed_with_batches_train_as_per_sample(tmp_path, distri
         per_sample = torch.load(tmp_path / f"rank{rank}-per_sample.pt", weights_only=False)
         resumed = torch.load(tmp_path / f"rank{rank}-resumed.pt", weights_only=False)
         assert_bitwise_equal(resumed, per_sample)
+
+
+class PlainRunner(RegressionRunner):
+    """`RegressionRunner` with a scheduler and metrics: plain steps, yet every part a step touches is there."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=3, gamma=0.5)
+
+
+class FullRunner(PlainRunner):
+    def plain_steps(self) -> bool:
+        return False
+
+
+def test_plain_steps_train_bit_identically_to_full_steps(tmp_path):
+    settings = {"epoch_end": 2, "samples": 50, "val_samples": 20, "momentum": 0.9}
+    plain = PlainRunner(make_config(tmp_path / "plain", **settings))
+    assert plain.plain_steps()
+    full = FullRunner(make_config(tmp_path / "full", **settings))
+    full.train()
+    # Patched where TorchRunner finds it, so the plain path still stands for it: a plain pass never calls it.
+    with mock.patch.object(TrainingLoop, "train_step", side_effect=AssertionError("took the full step")):
+        plain.train()
+    assert_bitwise_equal(final_state(plain), final_state(full))
+    assert plain.config.steps == full.config.steps == 14
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"accum_steps": 2}, {"max_grad_norm": 1.0}, {"max_grad_value": 1.0}, {"precision": "bf16"}],
+)
+def test_steps_that_need_more_are_not_plain(tmp_path, setting):
+    assert PlainRunner(make_config(tmp_path / "plain")).plain_steps()
+    assert not PlainRunner(make_config(tmp_path, **setting)).plain_steps()
+
+
+def test_an_overridden_step_part_or_an_ema_is_never_skipped(tmp_path):
+    class Clipping(PlainRunner):
+        def clip_gradients(self):
+            self.clipped = True
+
+    runner = Clipping(make_config(tmp_path, epoch_end=1))
+    assert not runner.plain_steps()
+    runner.train()
+    assert runner.clipped
+    assert not ResumableRunner(make_config(tmp_path / "ema", epoch_end=1)).plain_steps()
