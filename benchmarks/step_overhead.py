@@ -12,7 +12,7 @@ sample-weighted epoch loss and a log line every `log_interval` steps:
 Epochs are interleaved (each repeat runs every contestant once, in a rotated order) in one process so that drift in
 machine load hits all alike; the figures are ratios of median time per step.
 
-    python benchmarks/step_overhead.py [--repeats 7] [--threads 1]
+    python benchmarks/step_overhead.py [--repeats 7] [--threads 1] [--clock wall|cpu] [--case all|tiny|compute]
 """
 
 from __future__ import annotations
@@ -62,13 +62,13 @@ class BenchRunner(dl.TorchRunner):
 
 
 def runner_epoch(runner: BenchRunner) -> float:
-    start = time.perf_counter()
+    start = clock()
     runner.train_epoch("train")
-    return (time.perf_counter() - start) / len(runner.dataloaders.train)
+    return (clock() - start) / len(runner.dataloaders.train)
 
 
 def hand_written_epoch(model, criterion, optimizer, loader, log_interval: int) -> float:
-    start = time.perf_counter()
+    start = clock()
     model.train()
     loss_sum, count = torch.zeros(()), 0
     length = len(loader)
@@ -83,11 +83,11 @@ def hand_written_epoch(model, criterion, optimizer, loader, log_interval: int) -
         if iteration % log_interval == 0 or iteration == length - 1:
             print(f"training on train [{iteration}/{length - 1}]\tloss: {loss.item():.4f}", file=DEVNULL)
     _ = (loss_sum / count).item()
-    return (time.perf_counter() - start) / length
+    return (clock() - start) / length
 
 
 def batch_indexing_epoch(model, criterion, optimizer, tensors, batch_size: int, log_interval: int, seed: int) -> float:
-    start = time.perf_counter()
+    start = clock()
     model.train()
     loss_sum, count = torch.zeros(()), 0
     length = -(-len(tensors[0]) // batch_size)
@@ -104,8 +104,12 @@ def batch_indexing_epoch(model, criterion, optimizer, tensors, batch_size: int, 
         if iteration % log_interval == 0 or iteration == length - 1:
             print(f"training on train [{iteration}/{length - 1}]\tloss: {loss.item():.4f}", file=DEVNULL)
     _ = (loss_sum / count).item()
-    return (time.perf_counter() - start) / length
+    return (clock() - start) / length
 
+
+# Wall time by default; `--clock cpu` counts this process's CPU time instead, which a machine shared with other
+# work disturbs less (the loops are single-threaded and never wait on a device).
+clock = time.perf_counter
 
 DEVNULL = open("/dev/null", "w")  # noqa: SIM115 - the log lines must be formatted, not shown
 
@@ -177,19 +181,29 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: s
         ("runner / hand-written batch-indexing", "runner", "hand-written batch-indexing", 1.03),
         ("runner per-sample / hand-written", "runner per-sample", "hand-written", 1.03),
     ]
+    # Issue 20's targets are for the framework-bound case; with a compute-bound step every ratio tends to 1.
+    framework_bound = name.startswith("tiny")
     for label, numerator, denominator, target in ratios:
-        print(f"  {label:38s} {medians[numerator] / medians[denominator]:.3f} (target <= {target:.2f})")
+        goal = f" (target <= {target:.2f})" if framework_bound else ""
+        print(f"  {label:38s} {medians[numerator] / medians[denominator]:.3f}{goal}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 makes timings steadier)")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time, for a busy machine"
+    )
+    parser.add_argument("--cases", nargs="*", choices=list(CASES), default=list(CASES), metavar="CASE")
     args = parser.parse_args()
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as root:
         for name, case in CASES.items():
-            bench(name, repeats=args.repeats, root=root, **case)
+            if args.case == "all" or name.startswith(args.case):
+                bench(name, repeats=args.repeats, root=root, **case)
     restore_print()
 
 

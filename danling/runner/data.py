@@ -88,7 +88,8 @@ class DataMixin(RunnerParts):
             generator = torch.Generator()
             generator.manual_seed((self.config.seed or 0) + self.rank)
             options.setdefault("generator", generator)
-            if self.config.fetch_batches:
+            # Without a batch size the loader yields samples, not batches: nothing to fetch together.
+            if self.config.fetch_batches and options.get("batch_size") is not None:
                 collate_fn = options.get("collate_fn")
                 batched = batch_fetch(dataset, samples=collate_fn is not None)
                 if batched is not None:

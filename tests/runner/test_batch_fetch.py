@@ -82,6 +82,13 @@ def test_drop_last_drops_the_same_short_batch(tmp_path):
     assert_bitwise_equal(batched, per_sample)
 
 
+def test_a_loader_without_batch_size_yields_the_same_samples(tmp_path):
+    per_sample = batches(tmp_path, False, "val", epochs=1, batch_size=None, config={"data": "numpy_mapping"})
+    batched = batches(tmp_path, True, "val", epochs=1, batch_size=None, config={"data": "numpy_mapping"})
+    assert len(batched[0]) == 23 and isinstance(batched[0][0]["input"], torch.Tensor)
+    assert_bitwise_equal(batched, per_sample)
+
+
 def test_batches_are_fetched_without_a_getitem_per_sample(tmp_path):
     config = make_config(tmp_path, data="tensor_dataset")
     runner = DataRunner(config)
