@@ -192,10 +192,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 makes timings steadier)")
-    parser.add_argument(
-        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time, for a busy machine"
-    )
-    parser.add_argument("--cases", nargs="*", choices=list(CASES), default=list(CASES), metavar="CASE")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time, on a busy machine")
+    parser.add_argument("--case", choices=("all", "tiny", "compute"), default="all", help="which case(s) to run")
     args = parser.parse_args()
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
