@@ -174,6 +174,11 @@ class Config(chanfig.Config):
     pretrained: str | None = None
     """Path of a checkpoint whose model weights initialise the model (nothing else is loaded)."""
 
+    # Data
+    fetch_batches: bool = True
+    """Fetch each batch of an in-memory dataset (a `TensorDataset`, a `StackDataset`, a mapping of tensors or arrays)
+    with one indexing per tensor instead of one `__getitem__` per sample and a collate: the same batches, faster."""
+
     # Optimisation
     accum_steps: int = 1
     """Micro-batches whose gradients are accumulated into one optimizer step."""

@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
+from .batching import RunnerLoader, as_dataset, batch_fetch, dataset_length, keep_batch
 from .parts import RunnerParts
 from .samplers import EvaluationSampler, TrainingSampler
 
@@ -56,18 +56,24 @@ class DataMixin(RunnerParts):
 
         Training splits are shuffled (an order fixed by seed and epoch), padded to equal length across processes;
         other splits keep dataset order, are split across processes without duplicates, and never drop samples.
+
+        A mapping of equal-length tensors or arrays is a dataset whose sample `i` is `{key: value[i]}`. With
+        `config.fetch_batches`, a dataset whose samples are rows of tensors or arrays (a `TensorDataset`, a
+        `StackDataset`, such a mapping) is fetched a batch at a time, one indexing per tensor: the batches are
+        those of the per-sample path, value for value (see [`danling.runner.batching`][danling.runner.batching]).
         """
         train_splits = set(self.train_splits)
         for split, dataset in self.datasets.items():
             if split in self.dataloaders:
                 continue
+            dataset = as_dataset(dataset)
             options = self.dataloader_options(split)
             training = split in train_splits
             shuffle = options.pop("shuffle", training)
             drop_last = bool(options.pop("drop_last", False)) and training
             if training:
                 sampler: Any = TrainingSampler(
-                    len(dataset),
+                    dataset_length(dataset),
                     shuffle=shuffle,
                     seed=self.config.seed or 0,
                     rank=self.rank,
@@ -75,7 +81,7 @@ class DataMixin(RunnerParts):
                     drop_last=drop_last,
                 )
             else:
-                sampler = EvaluationSampler(len(dataset), self.rank, self.world_size)
+                sampler = EvaluationSampler(dataset_length(dataset), self.rank, self.world_size)
             options.setdefault("pin_memory", self.device.type == "cuda")
             # A loader of its own: iterating a DataLoader draws the base seed of its workers (torch seeds `random`,
             # NumPy and torch in each worker from it), and drawing it from the global generator would shift every
@@ -85,8 +91,15 @@ class DataMixin(RunnerParts):
             options.setdefault("generator", generator)
             if options.get("num_workers"):
                 options["worker_init_fn"] = IgnoreInterrupt(options.get("worker_init_fn"))
+            # Without a batch size the loader yields samples, not batches: nothing to fetch together.
+            if self.config.fetch_batches and options.get("batch_size") is not None:
+                collate_fn = options.get("collate_fn")
+                batched = batch_fetch(dataset, samples=collate_fn is not None)
+                if batched is not None:
+                    # The user's collate_fn gets the samples it would get; without one, the batch comes collated.
+                    dataset, options["collate_fn"] = batched, collate_fn or keep_batch
             self.datasamplers[split] = sampler
-            self.dataloaders[split] = DataLoader(dataset, sampler=sampler, drop_last=drop_last, **options)
+            self.dataloaders[split] = RunnerLoader(dataset, sampler=sampler, drop_last=drop_last, **options)
 
     def unpack_batch(self, batch: Any) -> tuple[Any, Any]:
         """Split a batch into `(input, target)` on `device`; `target` is `None` when the batch has none.

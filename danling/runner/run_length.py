@@ -56,7 +56,9 @@ class RunLength:
         if "train" in self.dataloaders:
             return len(self.dataloaders["train"])
         if "train" in self.datasets:
-            return ceil(len(self.datasets["train"]) / self.batch_size / self.world_size)
+            from .batching import dataset_length  # torch: only once there is a dataset
+
+            return ceil(dataset_length(self.datasets["train"]) / self.batch_size / self.world_size)
         return 0
 
     @property

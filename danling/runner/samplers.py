@@ -80,18 +80,20 @@ class TrainingSampler(Sampler[int]):
 
     def indices(self) -> list[int]:
         """This process's indices for the current epoch, after any skipped ones."""
+        return self.index_tensor().tolist()
+
+    def index_tensor(self) -> torch.Tensor:
+        """[`indices`][danling.runner.samplers.TrainingSampler.indices] as an int64 tensor (what batch fetching
+        indexes with, without a round trip through a list)."""
         if self.shuffle:
             generator = torch.Generator()
             generator.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.length, generator=generator).tolist()
+            order = torch.randperm(self.length, generator=generator)
         else:
-            order = list(range(self.length))
+            order = torch.arange(self.length)
         total = self.num_samples * self.world_size
-        if total > len(order) and order:
-            repeats = -(-total // len(order))
-            order = (order * repeats)[:total]
-        else:
-            order = order[:total]
+        if total > len(order) and len(order):
+            order = order.repeat(-(-total // len(order)))
         return order[self.rank : total : self.world_size][self.start :]
 
     def __iter__(self) -> Iterator[int]:
@@ -120,6 +122,10 @@ class EvaluationSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.start, self.stop))
+
+    def index_tensor(self) -> torch.Tensor:
+        """This process's indices as an int64 tensor."""
+        return torch.arange(self.start, self.stop)
 
     def __len__(self) -> int:
         return self.stop - self.start

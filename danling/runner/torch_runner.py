@@ -29,6 +29,23 @@ __all__ = ["TorchRunner", "to_device"]
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 """Autocast dtype for each reduced `Config.precision`."""
 
+# What a plain step stands for: a subclass that overrides any of them (a backend, a user's runner) steps in full.
+_PLAIN_STEP_METHODS = (
+    "train_step",
+    "advance",
+    "scale_loss",
+    "step",
+    "backward",
+    "clip_gradients",
+    "optimizer_step",
+    "update_ema",
+    "accumulate",
+    "autocast",
+    "unpack_batch",
+    "forward",
+    "_update_measures",
+)
+
 # Runners on several processes, whose DDP wrappers are dropped before the process group is torn down at exit.
 _DISTRIBUTED_RUNNERS: weakref.WeakSet = weakref.WeakSet()
 
@@ -428,6 +445,22 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         if precision is None or precision == "fp32":
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[precision])
+
+    def plain_steps(self) -> bool:
+        """Whether the coming pass's steps are plain (no grad scaler, clipping, EMA, autocast; `accum_steps` 1) and
+        run by this class's own step methods, none overridden: then the loop skips asking about each of them."""
+        config = self.config
+        if (
+            self.scaler is not None
+            or self.ema is not None
+            or config.accum_steps != 1
+            or config.max_grad_norm is not None
+            or config.max_grad_value is not None
+            or config.precision not in (None, "fp32")
+        ):
+            return False
+        cls = type(self)
+        return all(getattr(cls, name) is getattr(TorchRunner, name) for name in _PLAIN_STEP_METHODS)
 
     # State
 

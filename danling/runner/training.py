@@ -201,12 +201,15 @@ class TrainingLoop(StepTraining, RunnerParts):
             self._epoch_length = length
             log_interval = interval(self.config.log_interval)
             shown = length if self._step_evaluate_splits is None else min(length, done + self._iters_left())
+            # Decided once per pass: a step that needs no scaler, clipping, EMA, autocast or accumulation window
+            # (and whose parts are not overridden) runs the same operations without asking for each of them.
+            train_step = self._plain_train_step if self.plain_steps() else self.train_step
             for iteration, batch in enumerate(
                 self._progress_bar(batches, split, total=shown, initial=done), start=done
             ):
                 self._epoch_iteration = iteration
                 steps = self.config.steps
-                self.train_step(batch)
+                train_step(batch)
                 if log_interval and (iteration == length - 1 or iteration % log_interval == 0):
                     self.step_log(split, iteration, length - 1)
                 if self.config.steps != steps:
@@ -325,6 +328,31 @@ class TrainingLoop(StepTraining, RunnerParts):
                 pred = self.forward(self.model, input)
                 loss = self.criterion(pred, target)  # type: ignore[misc]
             self.advance(loss)
+        self._update_measures(pred, target, loss)
+        return loss
+
+    def plain_steps(self) -> bool:
+        """Whether every step of the coming pass is plain: forward, loss, `backward()`, `optimizer.step()`.
+
+        A backend that knows so says `True` (see `TorchRunner.plain_steps`); the loop then calls
+        `_plain_train_step`, which does what `train_step` would do, in the same order, without asking at each step
+        about a grad scaler, clipping, an EMA, autocast or an accumulation window.
+        """
+        return False
+
+    def _plain_train_step(self, batch: Any) -> torch.Tensor:
+        """`train_step` when `plain_steps()`: the same operations on the same values, decided once per pass."""
+        input, target = self.unpack_batch(batch)
+        pred = self.forward(self.model, input)
+        loss = self.criterion(pred, target)  # type: ignore[misc]
+        loss.backward()
+        config, optimizer, scheduler = self.config, self.optimizer, self.scheduler
+        config.increment("iters")
+        optimizer.step()  # type: ignore[union-attr]
+        optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+        if scheduler is not None:
+            scheduler.step()
+        config.increment("steps")
         self._update_measures(pred, target, loss)
         return loss
 

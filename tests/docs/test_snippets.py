@@ -23,6 +23,10 @@ SNIPPETS = sorted(path.name for path in SNIPPETS_DIR.glob("*.py"))
 
 # Lines (or parts of lines) each script must print. They are the numbers and facts the pages state.
 EXPECTED_OUTPUT = {
+    "batch_fetching.py": [
+        "batch: ['input', 'target'], input (16, 4), target (16,)",
+        "same weights fetching batches and samples: True",
+    ],
     "first_runner.py": ["best val acc 1.0000 at epoch", "run directory: "],
     "fsdp.py": ["full weights: 8 tensors, first layer (32, 8)"],
     "accelerate_platform.py": [
