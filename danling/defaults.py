@@ -68,6 +68,7 @@ EXECUTION_NAMES = frozenset(
         "checkpoint_spare",
         "async_checkpoint",
         "compile",
+        "profile",
     }
 )
 
@@ -143,6 +144,7 @@ RESUME_STEERING_KEYS = frozenset(
         "evaluate_splits",
         "allow_config_change",
         "compile",
+        "profile",
         "dataloader.num_workers",
         "dataloader.pin_memory",
         "dataloader.persistent_workers",

@@ -189,6 +189,10 @@ class Config(chanfig.Config):
     (`{mode: max-autotune, dynamic: true}`; `--compile.mode max-autotune`). The model's `forward` is compiled in
     place inside its DDP wrapper, or per innermost FSDP unit, never the EMA; checkpoints keep the uncompiled keys,
     so they load with or without compiling."""
+    profile: bool | str | Mapping | None = None
+    """Trace a window of optimizer steps with `torch.profiler`: `true` (steps 6 to 8), or `{wait, warmup, active}`
+    in steps (plus `record_shapes`, `profile_memory`, `with_stack`, `with_flops`). Each process writes its trace
+    under `{dir}/profile/`, for TensorBoard's profiler plugin or Perfetto; off by default."""
     max_grad_norm: float | None = None
     """Clip the global gradient norm to this before each optimizer step."""
     max_grad_value: float | None = None

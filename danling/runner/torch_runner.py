@@ -138,7 +138,7 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         """Compile the model as `config.compile` asks (off by default), in place, once it is wrapped.
 
         The `forward` of each of [`compile_targets`][danling.TorchRunner.compile_targets] is compiled (see
-        `danling.runner.compiling.compile_forward`): the model keeps its class and its state dict
+        [`compile_forward`][danling.runner.compiling.compile_forward]): the model keeps its class and its state dict
         keys, and its wrappers' hooks run as they do uncompiled. The EMA and its update are never compiled.
 
         Raises:

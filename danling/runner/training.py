@@ -16,6 +16,7 @@ from .config import interval
 from .meta import RunnerMode
 from .parts import RunnerParts
 from .preemption import Preempted, PreemptionAgreement, PreemptionWatcher
+from .profiling import ProfilerWindow, profile_window
 from .samplers import TrainingSampler
 from .stepping import StepTraining
 
@@ -34,6 +35,7 @@ class TrainingLoop(StepTraining, RunnerParts):
     _epoch_iteration: int | None = None
     _epoch_length: int | None = None
     _preemption: PreemptionWatcher | None = None
+    _profiler: ProfilerWindow | None = None
     _agreement: PreemptionAgreement | None = None
     # The epoch's result so far, and where inside the epoch a checkpoint being written was taken.
     _epoch_result: NestedDict | None = None
@@ -65,6 +67,7 @@ class TrainingLoop(StepTraining, RunnerParts):
         if missing:
             raise ValueError(f"no dataloader for split(s) {missing}; there are: {list(self.dataloaders.keys())}")
         by_steps = self.trains_by_steps
+        window = profile_window(self.config.get("profile"))  # a bad window stops the run before anything starts
         if self.config.epoch_end is None and not by_steps:
             raise ValueError("train needs config.epoch_end, or step_end or iter_end to train by steps; none is set")
         unset = [name for name in ("model", "criterion", "optimizer") if getattr(self, name) is None]
@@ -73,6 +76,8 @@ class TrainingLoop(StepTraining, RunnerParts):
         self.write_config_file()
         self.write_run_state("running")
         self.trackers.start()  # with the whole config, before the first step
+        if window is not None:
+            self._profiler = ProfilerWindow(window, os.path.join(self.dir, "profile"), self.rank)
         outcome = "crashed"
         with PreemptionWatcher(announce=self.is_main_process) as watcher:
             self._preemption = watcher
@@ -116,6 +121,9 @@ class TrainingLoop(StepTraining, RunnerParts):
                 # After an error the others may never start the exchange this process waits for: wait a little only.
                 self._close_agreement(timeout=10.0)
                 self._preemption = self._epoch_result = None
+                if self._profiler is not None:
+                    self._profiler.stop()
+                    self._profiler = None
                 # TensorBoard's writer is flushed and stays open; W&B and MLflow runs are closed with the outcome.
                 self.trackers.finish(outcome)
         return self.results
@@ -262,6 +270,8 @@ class TrainingLoop(StepTraining, RunnerParts):
     def _after_optimizer_step(self, split: str, batches_done: int) -> None:
         """Evaluate every `eval_interval` steps (by steps), save `latest` every `checkpoint_interval` steps and after
         an evaluation, and stop cleanly if a preemption signal arrived."""
+        if self._profiler is not None:
+            self._profiler.step()
         period = interval(self.config.checkpoint_interval)
         periodic = bool(period and self.config.steps % period == 0 and self.config.save_checkpoints)
         evaluate = self._step_evaluate_splits is not None and self._step_evaluation_due()

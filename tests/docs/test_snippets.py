@@ -142,6 +142,7 @@ EXPECTED_OUTPUT = {
         "resume: changed compile: True → False",
         "loaded uncompiled: same weights True",
     ],
+    "profiling.py": ["trace: rank0, steps ['ProfilerStep#3', 'ProfilerStep#4']"],
     "trackers.py": [
         "train.csv: steps [1, 5, 8, 9, 13, 16], columns ['step', 'loss']",
         "last step sent per split: {'train': 16, 'train/epoch': 1, 'val/epoch': 1}",

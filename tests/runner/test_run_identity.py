@@ -47,6 +47,7 @@ EXECUTION_VALUES = {
     "checkpoint_spare": False,
     "compile": {"mode": "max-autotune"},
     "async_checkpoint": True,
+    "profile": {"wait": 1, "active": 2},
 }
 
 
