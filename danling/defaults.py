@@ -69,6 +69,9 @@ EXECUTION_NAMES = frozenset(
         "async_checkpoint",
         "compile",
         "profile",
+        "throughput",
+        "flops_per_sample",
+        "peak_flops",
     }
 )
 
@@ -145,6 +148,9 @@ RESUME_STEERING_KEYS = frozenset(
         "allow_config_change",
         "compile",
         "profile",
+        "throughput",
+        "flops_per_sample",
+        "peak_flops",
         "dataloader.num_workers",
         "dataloader.pin_memory",
         "dataloader.persistent_workers",

@@ -193,6 +193,14 @@ class Config(chanfig.Config):
     """Trace a window of optimizer steps with `torch.profiler`: `true` (steps 6 to 8), or `{wait, warmup, active}`
     in steps (plus `record_shapes`, `profile_memory`, `with_stack`, `with_flops`). Each process writes its trace
     under `{dir}/profile/`, for TensorBoard's profiler plugin or Perfetto; off by default."""
+    throughput: bool = True
+    """Add to each training log line (bar, console, trackers) the samples per second over every process
+    (`tokens_per_s` too when the runner's `count_tokens` counts them), the share of time waiting for data and the
+    peak memory; no device synchronisation is added."""
+    flops_per_sample: float | None = None
+    """FLOPs of one sample's forward and backward: with `peak_flops`, log lines show the model FLOP utilisation."""
+    peak_flops: float | None = None
+    """FLOP/s one process's device can do at most (its datasheet figure for the precision used), for `mfu`."""
     max_grad_norm: float | None = None
     """Clip the global gradient norm to this before each optimizer step."""
     max_grad_value: float | None = None

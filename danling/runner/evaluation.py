@@ -132,7 +132,8 @@ class EvaluationLoop(RunnerParts):
             metrics.update(_detach(pred), target)
 
     def get_step_result(self) -> NestedDict:
-        """Meters' last values (the mean over processes when training) merged with the metrics on the last batch.
+        """Meters' last values (the mean over processes when training) merged with the metrics on the last batch;
+        when training, the throughput since the last line too (see `danling.runner.throughput`).
 
         Evaluation logs local values only: processes may evaluate different numbers of batches, so a collective
         there could hang.
@@ -142,10 +143,14 @@ class EvaluationLoop(RunnerParts):
         training = self._mode is RunnerMode.train
         result = NestedDict(self.meters.batch() if training else self.meters.value())
         metrics = self.current_metrics
-        if metrics is None:
-            return result
-        local = not training and isinstance(metrics, (Metrics, MultiTaskMetrics))
-        return merge_metric_result(result, metrics.value(sync=False) if local else metrics.value())
+        if metrics is not None:
+            local = not training and isinstance(metrics, (Metrics, MultiTaskMetrics))
+            result = merge_metric_result(result, metrics.value(sync=False) if local else metrics.value())
+        throughput = getattr(self, "_throughput", None)
+        if training and throughput is not None:
+            # Collective, like the meters above: every process logs the same steps.
+            result.update(throughput.read(self.device))  # type: ignore[attr-defined]
+        return result
 
     def _progress_bar(self, loader: Iterable, split: str, total: int | None = None, initial: int = 0) -> Iterable:
         """`loader` in a progress bar on the main process when stdout is a terminal (and `config.progress`).

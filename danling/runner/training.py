@@ -19,6 +19,7 @@ from .preemption import Preempted, PreemptionAgreement, PreemptionWatcher
 from .profiling import ProfilerWindow, profile_window
 from .samplers import TrainingSampler
 from .stepping import StepTraining
+from .throughput import Throughput, batch_samples
 
 __all__ = ["TrainingLoop"]
 
@@ -36,6 +37,7 @@ class TrainingLoop(StepTraining, RunnerParts):
     _epoch_length: int | None = None
     _preemption: PreemptionWatcher | None = None
     _profiler: ProfilerWindow | None = None
+    _throughput: Throughput | None = None
     _agreement: PreemptionAgreement | None = None
     # The epoch's result so far, and where inside the epoch a checkpoint being written was taken.
     _epoch_result: NestedDict | None = None
@@ -212,22 +214,32 @@ class TrainingLoop(StepTraining, RunnerParts):
             # Decided once per pass: a step that needs no scaler, clipping, EMA, autocast or accumulation window
             # (and whose parts are not overridden) runs the same operations without asking for each of them.
             train_step = self._plain_train_step if self.plain_steps() else self.train_step
+            throughput = self._throughput = self.throughput_meter()
+            count_tokens = self.count_tokens if type(self).count_tokens is not TrainingLoop.count_tokens else None
+            if throughput is not None:
+                throughput.start()
             for iteration, batch in enumerate(
                 self._progress_bar(batches, split, total=shown, initial=done), start=done
             ):
                 self._epoch_iteration = iteration
                 steps = self.config.steps
+                if throughput is not None:
+                    throughput.arrived()
                 train_step(batch)
+                if throughput is not None:
+                    throughput.done(batch_samples(batch), count_tokens(batch) if count_tokens is not None else None)
                 if log_interval and (iteration == length - 1 or iteration % log_interval == 0):
                     self.step_log(split, iteration, length - 1)
                 if self.config.steps != steps:
                     self._after_optimizer_step(split, iteration + 1)
                 if self._reached_end():
                     break
+                if throughput is not None:
+                    throughput.asking()
         finally:
             last = self._epoch_iteration
             self._pass_position = (split, done if last is None else last + 1)
-            self._epoch_iteration = self._epoch_length = None
+            self._epoch_iteration = self._epoch_length = self._throughput = None
             if isinstance(sampler, TrainingSampler):
                 sampler.skip(0)
         return self.get_epoch_result()
@@ -340,6 +352,20 @@ class TrainingLoop(StepTraining, RunnerParts):
             self.advance(loss)
         self._update_measures(pred, target, loss)
         return loss
+
+    def throughput_meter(self) -> Throughput | None:
+        """What measures a training pass's throughput for its log lines, or `None` when `config.throughput` is off."""
+        if not self.config.get("throughput", True):
+            return None
+        return Throughput(self.config.get("flops_per_sample"), self.config.get("peak_flops"))
+
+    def count_tokens(self, batch: Any) -> int | None:
+        """The tokens in `batch`, for `tokens_per_s`: override it to count them (`None`, the default, counts none).
+
+        It runs at every micro-batch: count without waiting for the device (for example from a CPU tensor of
+        lengths, or `attention_mask.sum()` on a batch still on the CPU), so throughput stays free.
+        """
+        return None
 
     def plain_steps(self) -> bool:
         """Whether every step of the coming pass is plain: forward, loss, `backward()`, `optimizer.step()`.

@@ -144,11 +144,13 @@ EXPECTED_OUTPUT = {
     ],
     "profiling.py": ["trace: rank0, steps ['ProfilerStep#3', 'ProfilerStep#4']"],
     "trackers.py": [
-        "train.csv: steps [1, 5, 8, 9, 13, 16], columns ['step', 'loss']",
+        "train.csv: steps [1, 5, 8, 9, 13, 16], columns "
+        "['step', 'loss', 'samples_per_s', 'data_wait', 'peak_memory_gb']",
         "last step sent per split: {'train': 16, 'train/epoch': 1, 'val/epoch': 1}",
     ],
     "tensorboard_logging.py": [
-        "step tags: ['train/loss', 'train/pearson', 'train/r2', 'train/rmse', 'train/spearman']",
+        "step tags: ['train/data_wait', 'train/loss', 'train/peak_memory_gb', 'train/pearson', 'train/r2', "
+        "'train/rmse', 'train/samples_per_s', 'train/spearman']",
         "'val/epoch/loss'",
         "val/epoch/loss at epochs [0, 1, 2]",
     ],

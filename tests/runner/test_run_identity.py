@@ -48,6 +48,9 @@ EXECUTION_VALUES = {
     "compile": {"mode": "max-autotune"},
     "async_checkpoint": True,
     "profile": {"wait": 1, "active": 2},
+    "throughput": False,
+    "flops_per_sample": 1e6,
+    "peak_flops": 1e12,
 }
 
 

@@ -107,11 +107,17 @@ def runs(tmp_path_factory):
     }
 
 
+# Throughput scalars of the step lines (danling.runner.throughput), which depend on the clock.
+TIMED = ("samples_per_s", "tokens_per_s", "data_wait", "peak_memory_gb", "mfu")
+
+
 def assert_same_points(points, oracle):
     assert sorted(points) == sorted(oracle)
     for tag, expected in oracle.items():
         steps = [step for step, _ in points[tag]]
         assert steps == [step for step, _ in expected], f"{tag}: steps {steps}"
+        if tag.rsplit("/", 1)[-1] in TIMED:
+            continue  # measured time: the same steps, not the same values
         assert [value for _, value in points[tag]] == pytest.approx([v for _, v in expected], rel=1e-6), tag
 
 
