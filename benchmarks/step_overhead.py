@@ -136,14 +136,14 @@ def count_item_calls_on_quiet_steps(runner: BenchRunner) -> int:
 
 
 def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: str) -> None:
-    runners = {}
-    for fetch_batches in (True, False):
+    runners: dict = {}
+    for fetch_batches, throughput in ((True, True), (False, True), (True, False)):
         config = dl.Config(seed=0, log=False, progress=False, save_checkpoints=False, epoch_end=1, project_root=root)
         config.sizes, config.batch_size, config.batches = list(sizes), batch_size, batches
         config.dataloader.batch_size = batch_size
-        config.fetch_batches = fetch_batches
-        runners[fetch_batches] = BenchRunner(config)
-    runner = runners[True]
+        config.fetch_batches, config.throughput = fetch_batches, throughput
+        runners[fetch_batches, throughput] = BenchRunner(config)
+    runner = runners[True, True]
     log_interval = runner.config.log_interval
 
     torch.manual_seed(0)
@@ -154,8 +154,9 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: s
     epochs = itertools.count()
 
     contestants = {
-        "runner": lambda: runner_epoch(runners[True]),
-        "runner per-sample": lambda: runner_epoch(runners[False]),
+        "runner": lambda: runner_epoch(runners[True, True]),
+        "runner per-sample": lambda: runner_epoch(runners[False, True]),
+        "runner without throughput": lambda: runner_epoch(runners[True, False]),
         "hand-written": lambda: hand_written_epoch(model, criterion, optimizer, loader, log_interval),
         "hand-written batch-indexing": lambda: batch_indexing_epoch(
             model, criterion, optimizer, dataset.tensors, batch_size, log_interval, next(epochs)
@@ -180,11 +181,12 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: s
         ("runner / hand-written", "runner", "hand-written", 0.80),
         ("runner / hand-written batch-indexing", "runner", "hand-written batch-indexing", 1.03),
         ("runner per-sample / hand-written", "runner per-sample", "hand-written", 1.03),
+        ("runner / runner without throughput", "runner", "runner without throughput", None),
     ]
     # Issue 20's targets are for the framework-bound case; with a compute-bound step every ratio tends to 1.
     framework_bound = name.startswith("tiny")
     for label, numerator, denominator, target in ratios:
-        goal = f" (target <= {target:.2f})" if framework_bound else ""
+        goal = f" (target <= {target:.2f})" if framework_bound and target is not None else ""
         print(f"  {label:38s} {medians[numerator] / medians[denominator]:.3f}{goal}")
 
 
