@@ -33,6 +33,14 @@ def batch_samples(batch: Any) -> int:
         >>> batch_samples([[1, 2], [3, 4], [5, 6]])
         2
     """
+    # The common batches first, without abstract-class checks: this runs at every micro-batch.
+    kind = type(batch)
+    if (kind is tuple or kind is list) and batch and isinstance(batch[0], torch.Tensor):
+        return int(batch[0].shape[0]) if batch[0].dim() else 1
+    if kind is dict and batch:
+        first = next(iter(batch.values()))
+        if isinstance(first, torch.Tensor):
+            return int(first.shape[0]) if first.dim() else 1
     if isinstance(batch, torch.Tensor) or hasattr(batch, "shape"):
         return int(batch.shape[0]) if len(batch.shape) else 1
     if isinstance(batch, Mapping):
