@@ -55,7 +55,10 @@ def trial(kills: int, seed: int, max_restarts: int, timeout: float) -> dict:
         returncode = None
     seconds = time.monotonic() - start
     report_path = os.path.join(output, "report.json")
-    attempts = json.load(open(report_path))["restart"] + 1 if returncode == 0 else None
+    attempts = None
+    if returncode == 0:
+        with open(report_path) as file:
+            attempts = json.load(file)["restart"] + 1
     return {
         "returncode": returncode,
         "attempts": attempts,

@@ -41,7 +41,12 @@ __all__ = [
     "is_distributed",
 ]
 
-CONNECTION_FAILURES = ("connectFullMesh failed", "Connection refused", "timed out connecting", "Connection reset by peer")
+CONNECTION_FAILURES = (
+    "connectFullMesh failed",
+    "Connection refused",
+    "timed out connecting",
+    "Connection reset by peer",
+)
 """Phrases of the errors (`RuntimeError`, `DistBackendError`) a process group raises when its processes could not
 connect to each other: the only errors [`init_process_group`][danling.utils.distributed.init_process_group] retries."""
 

@@ -12,10 +12,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from conftest import REPO_ROOT, free_port
-from toys import assert_bitwise_equal
 from torch import distributed as dist
+from toys import assert_bitwise_equal
 
+from conftest import REPO_ROOT, free_port
 from danling.utils import distributed as du
 
 SCRIPTS = Path(__file__).parent / "dist_scripts"

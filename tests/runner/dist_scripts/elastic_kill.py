@@ -3,8 +3,9 @@ steps, restarted by the launcher each time, and the same run uninterrupted.
 
 Usage: elastic_kill.py OUTPUT KILLS SEED [--no-straight]
 
-The first attempt (unless `--no-straight`) trains the uninterrupted run under OUTPUT/straight (each rank saves its final state to
-OUTPUT/straight-rank{r}.pt). Every attempt then trains the run under OUTPUT/experiments with `resume=True`. The
+The first attempt (unless `--no-straight`) trains the uninterrupted run under OUTPUT/straight (each rank saves its
+final state to OUTPUT/straight-rank{r}.pt). Every attempt then trains the run under OUTPUT/experiments with
+`resume=True`. The
 seed draws KILLS (micro-batch, rank) pairs; the k-th kill comes on the first attempt after k - 1 kills happened
 (counted in OUTPUT/kills.jsonl, one line each, written just before the kill), so a restart the launcher spends on
 something else moves no kill. At the end each rank saves its final state to OUTPUT/elastic-rank{r}.pt and rank 0
@@ -36,7 +37,10 @@ draw = random.Random(seed)
 plan = [(it, draw.randrange(2)) for it in sorted(draw.sample(range(2, TOTAL_ITERS + 1), kills))]
 log_path = os.path.join(output, "kills.jsonl")
 # Read before the runner joins the process group: no process of this attempt can have killed itself yet.
-done = len(open(log_path).readlines()) if os.path.exists(log_path) else 0
+done = 0
+if os.path.exists(log_path):
+    with open(log_path) as file:
+        done = len(file.readlines())
 
 
 class KilledRunner(ResumableRunner):
