@@ -48,6 +48,7 @@ EXECUTION_NAMES = frozenset(
     {
         "backend",
         "init_method",
+        "timeout",
         "world_size",
         "rank",
         "local_rank",
@@ -137,6 +138,7 @@ RESUME_STEERING_KEYS = frozenset(
         "platform",
         "backend",
         "init_method",
+        "timeout",
         "world_size",
         "rank",
         "device",

@@ -231,6 +231,11 @@ class Config(chanfig.Config):
     """`torch.distributed` backend; `None` picks `nccl` on CUDA and `gloo` on CPU."""
     init_method: str | None = None
     """`torch.distributed` init method; `None` uses the environment `torchrun` sets."""
+    timeout: float | None = 600
+    """Seconds a collective (and the start of the process group) waits for the other processes before it raises:
+    a process that stops answering then ends the run as crashed (resumable) instead of hanging it; `None` is
+    torch's default (30 minutes on `gloo`, 10 on `nccl`). Raise it when processes legitimately wait longer (one
+    process evaluating or saving a large checkpoint while the others wait at a barrier)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         for given in (*(arg for arg in args if isinstance(arg, Mapping)), kwargs):

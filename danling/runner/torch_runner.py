@@ -173,7 +173,9 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         available and `gloo` otherwise; `init_method`, `world_size` and `rank` come from the config, else from the
         environment `torchrun` sets. On `nccl`, this process's GPU ([`device`][danling.TorchRunner.device]) becomes
         the current CUDA device before the first collective, whoever created the group, so no two processes talk
-        through the same GPU.
+        through the same GPU. A collective that waits longer than `config.timeout` seconds for another process
+        raises instead of waiting forever; a group whose processes fail to connect is tried again (see
+        [`init_process_group`][danling.utils.distributed.init_process_group]).
         """
         world_size = int(self.config.get("world_size") or os.environ.get("WORLD_SIZE", "1"))
         if not dist.is_available():
@@ -191,11 +193,13 @@ class TorchRunner(TrainingLoop, EvaluationLoop, ProcessStateMixin, DataMixin, Ba
         if not dist.is_initialized():
             backend = self.process_group_backend()
             rank = self.config.get("rank")
-            dist.init_process_group(
+            # Retried when its processes fail to connect (a restarted worker meeting what a killed one left behind).
+            du.init_process_group(
                 backend,
                 init_method=self.config.get("init_method"),
                 world_size=world_size,
                 rank=int(rank if rank is not None else os.environ.get("RANK", "0")),
+                timeout=self.config.get("timeout"),
                 **self._process_group_device(backend),
             )
             # Created here, so torn down here when the interpreter exits, whatever the user's script does.

@@ -147,7 +147,8 @@ class Workspace:
         The record holds `state`, the run's `name`, `id` and `timestamp`, the progress counters (`epochs`, `steps`,
         `iters`), when it was written (`updated`), the process (`host`, `pid`), and what `danling show` needs to
         print the command that resumes the run: the working directory, the command line and the number of
-        processes.
+        processes; and `restarts`, how many times the launcher restarted this launch's workers
+        (`TORCHELASTIC_RESTART_COUNT`, 0 without `torchrun --max-restarts`).
 
         Args:
             state: One of [`RUN_STATES`][danling.runs.RUN_STATES]: `running`, `finished`, `stopped_early`,
@@ -186,6 +187,8 @@ class Workspace:
             "world_size": world_size,
             "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
             "checkpoint_dir": checkpoint_dir,
+            # How many times the launcher (`torchrun --max-restarts`) restarted the workers of this launch so far.
+            "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
             "git": self._code_state(),
             **info,
         }

@@ -10,8 +10,11 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import sys
+import time
 import weakref
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -33,8 +36,97 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "host_group",
+    "init_process_group",
+    "is_connection_failure",
     "is_distributed",
 ]
+
+CONNECTION_FAILURES = (
+    "connectFullMesh failed",
+    "Connection refused",
+    "timed out connecting",
+    "Connection reset by peer",
+)
+"""Phrases of the errors (`RuntimeError`, `DistBackendError`) a process group raises when its processes could not
+connect to each other: the only errors [`init_process_group`][danling.utils.distributed.init_process_group] retries."""
+
+# The timeout the default group was created with by `init_process_group`, for the groups made from it.
+_group_timeout: timedelta | None = None
+
+
+def is_connection_failure(error: BaseException) -> bool:
+    """Whether `error` says the processes of a group could not connect to each other (worth trying again).
+
+    Examples:
+        >>> is_connection_failure(RuntimeError("Gloo connectFullMesh failed with ... Connection refused"))
+        True
+        >>> is_connection_failure(ValueError("Connection refused"))
+        False
+        >>> is_connection_failure(RuntimeError("Timed out waiting 3000ms for recv operation to complete"))
+        False
+    """
+    return isinstance(error, RuntimeError) and any(phrase in str(error) for phrase in CONNECTION_FAILURES)
+
+
+def init_process_group(
+    backend: str,
+    *,
+    world_size: int,
+    rank: int,
+    init_method: str | None = None,
+    timeout: float | None = None,
+    retries: int = 3,
+    backoff: float = 1.0,
+    **kwargs: Any,
+) -> None:
+    """Create the default process group, trying again when its processes fail to connect.
+
+    The store comes from `init_method` (`env://`, which `torchrun` describes, when `None`), and every try keys its
+    rendezvous by the launcher's restart (`TORCHELASTIC_RESTART_COUNT`) and by the try. Under `torchrun`'s default
+    (static) rendezvous the store outlives the workers, and without those keys a restarted worker can read the
+    address a killed one left there and fail with `Gloo connectFullMesh failed ... Connection refused`: a restart
+    spent on nothing. A connection failure ([`is_connection_failure`][danling.utils.distributed.is_connection_failure])
+    is tried again up to `retries` times, after `backoff`, `2 * backoff`, ... seconds, each announced in one line on
+    stderr; a half-made group is destroyed first. Any other error is raised at once.
+
+    Args:
+        backend: `gloo`, `nccl`, ...
+        world_size: Number of processes in the group.
+        rank: Rank of this process.
+        init_method: URL of the rendezvous; `None` reads `MASTER_ADDR` and `MASTER_PORT` from the environment.
+        timeout: Seconds a collective (and the rendezvous) may wait for the other processes; `None` is torch's
+            default (10 minutes for `nccl`, 30 for `gloo`).
+        retries: Tries after the first.
+        backoff: Seconds before the first retry; each later one waits twice as long as the one before.
+        **kwargs: Passed to `torch.distributed.init_process_group` (such as `device_id`).
+    """
+    global _group_timeout
+    limit = timedelta(seconds=timeout) if timeout is not None else None
+    store_timeout = {"timeout": limit} if limit is not None else {}
+    # One store for every try: under a plain `env://` launch, rank 0 serves it on MASTER_PORT and cannot bind twice.
+    store, _, _ = next(dist.rendezvous(init_method or "env://", rank=rank, world_size=world_size, **store_timeout))
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    for attempt in range(retries + 1):
+        keyed = dist.PrefixStore(f"danling/restart{restart}/try{attempt}", store)
+        try:
+            dist.init_process_group(backend, store=keyed, world_size=world_size, rank=rank, timeout=limit, **kwargs)
+        except RuntimeError as error:  # DistBackendError and DistNetworkError are RuntimeErrors
+            if attempt == retries or not is_connection_failure(error):
+                raise
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            delay = backoff * 2**attempt
+            reason = str(error).strip().splitlines()[0][:200]
+            print(
+                f"danling: rank {rank}: the process group failed to connect ({reason}); "
+                f"retrying the process group in {delay:g} s (try {attempt + 2} of {retries + 1})",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(delay)
+        else:
+            _group_timeout = limit
+            return
 
 
 def is_distributed() -> bool:
@@ -157,7 +249,8 @@ def host_group() -> Any:
         return None
     world = dist.group.WORLD
     if _host_group is None or _host_group[0]() is not world:
-        _host_group = (weakref.ref(world), dist.new_group(backend="gloo"))
+        # The default group's timeout: a process that stops answering ends a wait here as it does a collective.
+        _host_group = (weakref.ref(world), dist.new_group(backend="gloo", timeout=_group_timeout))
     return _host_group[1]
 
 
@@ -187,13 +280,14 @@ def destroy_process_group_at_exit(release: Callable[[], None] | None = None) -> 
 
 
 def _tear_down() -> None:
-    global _host_group
+    global _host_group, _group_timeout
     for release in _teardown_callbacks:
         release()
     _teardown_callbacks.clear()
     # The released wrappers must be gone before the group is, or they keep it alive.
     gc.collect()
     _host_group = None
+    _group_timeout = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

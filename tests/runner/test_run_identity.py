@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EXECUTION_VALUES = {
     "backend": "gloo",
     "init_method": "tcp://127.0.0.1:29500",
+    "timeout": 30,
     "world_size": 2,
     "rank": 1,
     "local_rank": 1,
