@@ -29,7 +29,18 @@ def launch(script: Path, *args: str, max_restarts: int = 0, timeout: float = 240
         "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), *args,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = launcher.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # torchrun's workers run in sessions of their own: SIGTERM to torchrun is what stops them too.
+        launcher.terminate()
+        try:
+            launcher.communicate(timeout=40)
+        finally:
+            launcher.kill()
+        raise
+    return subprocess.CompletedProcess(command, launcher.returncode, stdout, stderr)
 
 
 def test_workers_killed_twice_under_max_restarts_resume_to_the_weights_of_an_uninterrupted_run(tmp_path):
