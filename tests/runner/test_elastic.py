@@ -15,6 +15,7 @@ import torch
 from torch import distributed as dist
 from toys import assert_bitwise_equal
 
+import danling as dl
 from conftest import REPO_ROOT, free_port
 from danling.utils import distributed as du
 
@@ -116,3 +117,36 @@ def test_only_connection_failures_are_worth_another_try():
     assert du.is_connection_failure(dist.DistBackendError("Connection reset by peer"))
     assert not du.is_connection_failure(RuntimeError("Timed out waiting 3000ms for recv operation to complete"))
     assert not du.is_connection_failure(ValueError("Connection refused"))
+
+
+def test_a_process_that_stops_responding_makes_the_others_fail_within_the_timeout(tmp_path):
+    # Started by hand rather than by torchrun, so the test can end the stopped process itself at once.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), LOCAL_WORLD_SIZE="2")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "hang.py"), str(tmp_path), "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        checkpoint_dir = Path(processes[0].stdout.readline().split(" ", 1)[1].strip())  # type: ignore[union-attr]
+        assert processes[1].stdout.readline().strip() == "stopping"  # type: ignore[union-attr]
+        stopped = time.monotonic()
+        _, stderr = processes[0].communicate(timeout=120)
+        took = time.monotonic() - stopped
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    assert processes[0].returncode != 0
+    assert took < 4 + 30, f"rank 0 waited {took:.0f} s for the stopped process (timeout 4 s):\n{stderr[-2000:]}"
+    run = json.loads((checkpoint_dir.parent / "run.json").read_text())
+    assert run["state"] == "crashed" and "time" in run["error"].lower(), run
+    # The run is resumable: its latest checkpoint (taken at each step before the hang) loads.
+    saved = dl.load(checkpoint_dir / "latest.pth")
+    assert saved["runner"]["steps"] >= 1
