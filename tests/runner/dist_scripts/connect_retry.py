@@ -15,7 +15,8 @@ from torch import distributed as dist
 from danling.utils import distributed as du
 
 rank = int(os.environ["RANK"])
-du.init_process_group("gloo", world_size=int(os.environ["WORLD_SIZE"]), rank=rank, timeout=60, backoff=0.2)
+# A short timeout: a try that waits for a peer at a stale address gives up (and is retried) in seconds.
+du.init_process_group("gloo", world_size=int(os.environ["WORLD_SIZE"]), rank=rank, timeout=10, backoff=0.2)
 total = torch.tensor([rank])
 dist.all_reduce(total)
 print(f"sum {total.item()}", flush=True)
