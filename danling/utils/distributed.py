@@ -50,6 +50,14 @@ CONNECTION_FAILURES = (
 """Phrases of the errors (`RuntimeError`, `DistBackendError`) a process group raises when its processes could not
 connect to each other: the only errors [`init_process_group`][danling.utils.distributed.init_process_group] retries."""
 
+# Torch's default timeout of a process group (gloo's; nccl's is shorter), in seconds.
+_GLOO_DEFAULT_TIMEOUT = 1800.0
+
+# The store key counting the processes at a try, and the least time they wait for each other there: a process can
+# wait out a failed try for longer than the group's timeout (gloo's own connection timeout).
+_ARRIVED = "arrived"
+_MIN_MEETING = 300.0
+
 # The timeout the default group was created with by `init_process_group`, for the groups made from it.
 _group_timeout: timedelta | None = None
 
@@ -106,8 +114,23 @@ def init_process_group(
     # One store for every try: under a plain `env://` launch, rank 0 serves it on MASTER_PORT and cannot bind twice.
     store, _, _ = next(dist.rendezvous(init_method or "env://", rank=rank, world_size=world_size, **store_timeout))
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    for attempt in range(retries + 1):
-        keyed = dist.PrefixStore(f"danling/restart{restart}/try{attempt}", store)
+
+    def tried(attempt: int) -> Any:
+        return dist.PrefixStore(f"danling/restart{restart}/try{attempt}", store)
+
+    # The tries are agreed through the store: a process that failed at once counts itself at the next try and waits
+    # there for the others, which may wait out the try before for a while (gloo's connection timeout), and a process
+    # that comes late joins the try the others have gone on to, not one they left. Without that the tries leapfrog.
+    meeting = 2 * timeout if timeout is not None else _GLOO_DEFAULT_TIMEOUT
+    attempt = next((later for later in range(retries, 0, -1) if tried(later).add(_ARRIVED, 0)), 0)
+    counted = False
+    counted_groups = _group_count()
+    while True:
+        keyed = tried(attempt)
+        if attempt:
+            if not counted:
+                keyed.add(_ARRIVED, 1)
+            _meet(keyed, world_size, rank, attempt, max(meeting, _MIN_MEETING))
         try:
             dist.init_process_group(backend, store=keyed, world_size=world_size, rank=rank, timeout=limit, **kwargs)
         except RuntimeError as error:  # DistBackendError and DistNetworkError are RuntimeErrors
@@ -115,11 +138,17 @@ def init_process_group(
                 raise
             if dist.is_initialized():
                 dist.destroy_process_group()
+            # A failed try still counted a group; the default group's name comes from that count, and a process
+            # that joins at a later try (counting none) must meet a group of the same name.
+            _forget_groups(counted_groups)
             delay = backoff * 2**attempt
+            attempt += 1
+            tried(attempt).add(_ARRIVED, 1)  # before the line below, which a test waits for to start a late process
+            counted = True
             reason = str(error).strip().splitlines()[0][:200]
             print(
                 f"danling: rank {rank}: the process group failed to connect ({reason}); "
-                f"retrying the process group in {delay:g} s (try {attempt + 2} of {retries + 1})",
+                f"retrying the process group in {delay:g} s (try {attempt + 1} of {retries + 1})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -127,6 +156,28 @@ def init_process_group(
         else:
             _group_timeout = limit
             return
+
+
+def _group_count() -> int | None:
+    world = getattr(dist.distributed_c10d, "_world", None)
+    return getattr(world, "group_count", None)
+
+
+def _forget_groups(count: int | None) -> None:
+    if count is not None:
+        dist.distributed_c10d._world.group_count = count
+
+
+def _meet(store: Any, world_size: int, rank: int, attempt: int, timeout: float) -> None:
+    """Wait until every process has come to try `attempt + 1` (counted in `store`), for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (arrived := store.add(_ARRIVED, 0)) < world_size:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"rank {rank}: {world_size - arrived} of {world_size} processes never came to try {attempt + 1} of "
+                f"the process group within {timeout:g} s"
+            )
+        time.sleep(0.05)
 
 
 def is_distributed() -> bool:
