@@ -12,6 +12,7 @@ from warnings import warn
 import torch
 from chanfig import NestedDict
 
+from ..utils import distributed as du
 from .config import interval
 from .meta import RunnerMode
 from .parts import RunnerParts
@@ -75,6 +76,9 @@ class TrainingLoop(StepTraining, RunnerParts):
         unset = [name for name in ("model", "criterion", "optimizer") if getattr(self, name) is None]
         if unset:
             raise ValueError(f"train needs {', '.join(unset)}: assign self.{unset[0]} in your runner's __init__")
+        # Before anything is written: a node that cannot see the main process's checkpoints stops every process now,
+        # not at the first save (with a partial checkpoint) or at a resume.
+        du.check_shared_directory(self.checkpoint_dir, "checkpoint directory")
         self.write_config_file()
         self.write_run_state("running")
         self.trackers.start()  # with the whole config, before the first step

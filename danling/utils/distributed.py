@@ -8,14 +8,17 @@ collective runs on follows the backend: tensors go to the CPU for `gloo` and to 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import os
+import socket
 import sys
 import time
 import weakref
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+from uuid import uuid4
 
 import torch
 from torch import distributed as dist
@@ -29,6 +32,7 @@ __all__ = [
     "barrier",
     "broadcast_module",
     "broadcast_object",
+    "check_shared_directory",
     "collective_device",
     "destroy_process_group_at_exit",
     "gather_tensor",
@@ -284,6 +288,62 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 # The group `host_group` made, and the default group it was made from: a new default group needs a new one.
 _host_group: tuple[weakref.ref, Any] | None = None
+
+
+def check_shared_directory(directory: str, what: str = "directory") -> None:
+    """Raise on every process unless every process sees `directory` as the main process does. Collective.
+
+    The main process writes a file with a fresh token into `directory` (creating it), and every process reads it
+    back. Processes on several nodes must share checkpoints: sharded checkpoints are written by every process into
+    the directory the main process made, and every process reads the checkpoint it resumes from; a node that sees a
+    directory of its own under that name would leave a partial checkpoint. So would a relative path on processes
+    started in different working directories. A no-op on one process.
+
+    Args:
+        directory: The directory every process must see.
+        what: What it is, for the message (`"checkpoint directory"`, say).
+
+    Raises:
+        RuntimeError: On every process, naming the ranks (and their hosts) that cannot see the main process's
+            file, or the main process's failure to write it.
+    """
+    if not is_distributed():
+        return
+    token, failure = None, None
+    if get_rank() == 0:
+        token = uuid4().hex
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, f".danling-shared-{token}"), "w") as file:
+                file.write(token)
+        except OSError as error:
+            failure = f"{type(error).__name__}: {error}"
+    token, failure = broadcast_object((token, failure))
+    if failure is not None:
+        raise RuntimeError(f"the main process cannot write to the {what} {directory!r}: {failure}")
+    probe = os.path.join(directory, f".danling-shared-{token}")
+    try:
+        with open(probe) as file:
+            seen = file.read() == token
+    except OSError:
+        seen = False
+    views = all_gather_object((seen, socket.gethostname(), os.path.abspath(directory)))
+    if get_rank() == 0:
+        with contextlib.suppress(OSError):
+            os.remove(probe)
+    blind = [f"rank {rank} on {host} (at {path})" for rank, (ok, host, path) in enumerate(views) if not ok]
+    if blind:
+        _, main_host, main_path = views[0]
+        relative = (
+            ""
+            if os.path.isabs(directory)
+            else (f"; {directory!r} is relative, so each process finds it under its own working directory")
+        )
+        raise RuntimeError(
+            f"the {what} {main_path!r} that the main process (on {main_host}) writes is not visible to "
+            f"{', '.join(blind)}{relative}: every process writes or reads checkpoints there, so put it on a "
+            "filesystem every node mounts at the same absolute path (set project_root, or checkpoint_dir, to it)"
+        )
 
 
 def host_group() -> Any:
