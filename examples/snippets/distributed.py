@@ -8,6 +8,7 @@ Run it with:
 
 from __future__ import annotations
 
+import os
 import tempfile
 
 import torch
@@ -38,8 +39,10 @@ class DistributedRunner(dl.TorchRunner):
 
 def main() -> None:
     # --8<-- [start:main]
-    # Only the main process writes files; every process builds the same config.
-    config = dl.Config(seed=0, epoch_end=3, log=False, project_root=tempfile.mkdtemp())
+    # Every process builds the same config, with the same project_root: the main process writes the run's files
+    # there, and every process must see them (a resume reads the checkpoint on every process).
+    project_root = os.path.join(tempfile.gettempdir(), "danling-distributed")
+    config = dl.Config(seed=0, epoch_end=3, log=False, project_root=project_root)
     config.dataloader.batch_size = 8
     runner = DistributedRunner(config)
     print(

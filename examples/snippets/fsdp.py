@@ -56,7 +56,7 @@ def main() -> None:
         epoch_end=3,
         seed=0,
         log=False,
-        project_root=tempfile.mkdtemp(),
+        project_root=os.path.join(tempfile.gettempdir(), "danling-fsdp"),  # the same on every process
     )
     config.dataloader.batch_size = 16
     runner = ShardedRunner(config)
