@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from warnings import warn
@@ -112,7 +113,16 @@ class TrainingLoop(StepTraining, RunnerParts):
                 self._record_failure("interrupted", signal="SIGINT")
                 raise
             except Exception as error:
-                self._record_failure("crashed", error=f"{type(error).__name__}: {error}")
+                message = f"{type(error).__name__}: {error}"
+                silent = du.unanswered_ranks() if self.distributed and du.is_timeout(error) else None
+                if silent:
+                    # gloo's timeout does not say whom it waited for; the processes still alive can.
+                    note = f"rank(s) {', '.join(map(str, silent))} did not answer (stopped, stuck or gone)"
+                    sys.stderr.write(f"danling: rank {self.rank}: {note}\n")  # the runner's print is for rank 0
+                    message = f"{message}; {note}"
+                    if hasattr(error, "add_note"):
+                        error.add_note(note)
+                self._record_failure("crashed", error=message)
                 raise
             else:
                 self._close_agreement()

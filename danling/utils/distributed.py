@@ -43,6 +43,8 @@ __all__ = [
     "init_process_group",
     "is_connection_failure",
     "is_distributed",
+    "is_timeout",
+    "unanswered_ranks",
 ]
 
 CONNECTION_FAILURES = (
@@ -182,6 +184,44 @@ def _meet(store: Any, world_size: int, rank: int, attempt: int, timeout: float) 
                 f"the process group within {timeout:g} s"
             )
         time.sleep(0.05)
+
+
+TIMEOUTS = ("Timed out waiting", "timed out after", "wait timeout", "Watchdog caught collective operation timeout")
+"""Phrases of the errors a collective (gloo, nccl) or the store raises when other processes did not come in time."""
+
+
+def is_timeout(error: BaseException) -> bool:
+    """Whether `error` is a collective or store timeout ([`TIMEOUTS`][danling.utils.distributed.TIMEOUTS]).
+
+    Examples:
+        >>> is_timeout(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Timed out waiting 4000ms for recv operation"))
+        True
+        >>> is_timeout(RuntimeError("CUDA out of memory"))
+        False
+    """
+    return isinstance(error, RuntimeError) and any(phrase in str(error) for phrase in TIMEOUTS)
+
+
+def unanswered_ranks(wait: float = 5.0) -> list[int] | None:
+    """The ranks that do not answer through the process group's store within `wait` seconds, in order.
+
+    Ask it after a collective timed out: gloo's message does not say which process is missing. Every process that
+    asks answers (the others are stuck in the same collective, and time out at about the same time); a process that
+    stopped, hangs or died does not. `None` when there is nothing to ask (one process, or the store is gone).
+    """
+    if not is_distributed():
+        return None
+    try:
+        roll = dist.PrefixStore("danling/answered", dist.distributed_c10d._get_default_store())
+        roll.set(str(get_rank()), "1")
+        deadline = time.monotonic() + wait
+        while True:
+            missing = [rank for rank in range(get_world_size()) if not roll.check([str(rank)])]
+            if not missing or time.monotonic() > deadline:
+                return missing
+            time.sleep(0.1)
+    except Exception:  # the store's server went away with the process that served it: nothing to tell
+        return None
 
 
 def is_distributed() -> bool:

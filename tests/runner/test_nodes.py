@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from conftest import REPO_ROOT, free_port
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "fsdp_scenarios.py"
