@@ -1,0 +1,61 @@
+"""Start-up: a fresh interpreter that imports torch, against one that imports danling and touches its runner.
+
+`danling` is lazy (its subpackages load on first use), so the second command touches `danling.Runner`,
+`danling.TorchRunner` and `danling.Config`, as a training script does before it builds its runner. Both commands run
+in fresh interpreters (bytecode caches on, written by the warm-up), interleaved, the order alternating; the figures are medians of wall time (or, with
+`--clock cpu`, of the CPU time of the child, steadier on a busy machine).
+
+    python benchmarks/startup.py [--repeats 21] [--clock wall|cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+COMMANDS = {
+    "import torch": "import torch",
+    "import danling, touch the runner": "import danling; danling.Runner; danling.TorchRunner; danling.Config",
+}
+
+
+def timed(code: str, clock: str) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    # Bytecode caches written and read, as for an installed package (pip compiles them): with
+    # PYTHONDONTWRITEBYTECODE set (as on some CI machines), every start would compile danling's source anew.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", code], check=True, env={**env, "PYTHONWARNINGS": "ignore"})
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu if clock == "cpu" else wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    args = parser.parse_args()
+    names = list(COMMANDS)
+    for name in names:  # warm-up: the page cache, and bytecode caches where they are written
+        timed(COMMANDS[name], args.clock)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        for name in names if repeat % 2 == 0 else reversed(names):
+            times[name].append(timed(COMMANDS[name], args.clock))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"start-up, median of {args.repeats} interleaved fresh interpreters ({args.clock} clock)")
+    for name, seconds in medians.items():
+        print(f"  {name:<34} {seconds * 1e3:8.1f} ms")
+    ratio = medians["import danling, touch the runner"] / medians["import torch"]
+    print(f"  danling / torch: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
