@@ -344,8 +344,8 @@ def check_shared_directory(directory: str, what: str = "directory") -> None:
         what: What it is, for the message (`"checkpoint directory"`, say).
 
     Raises:
-        RuntimeError: On every process, naming the ranks (and their hosts) that cannot see the main process's
-            file, or the main process's failure to write it.
+        RuntimeError: On every process, naming the ranks (and their hosts) that name another directory than the
+            main process, or that cannot see the main process's file; or the main process's failure to write it.
     """
     if not is_distributed():
         return
@@ -367,13 +367,25 @@ def check_shared_directory(directory: str, what: str = "directory") -> None:
             seen = file.read() == token
     except OSError:
         seen = False
-    views = all_gather_object((seen, socket.gethostname(), os.path.abspath(directory)))
+    views = all_gather_object((seen, socket.gethostname(), directory, os.path.abspath(directory)))
     if get_rank() == 0:
         with contextlib.suppress(OSError):
             os.remove(probe)
-    blind = [f"rank {rank} on {host} (at {path})" for rank, (ok, host, path) in enumerate(views) if not ok]
+    _, main_host, main_named, main_path = views[0]
+    differing = [
+        f"rank {rank} on {host} names {named!r}"
+        for rank, (_, host, named, _) in enumerate(views)
+        if named != main_named
+    ]
+    if differing:
+        raise RuntimeError(
+            f"the processes do not name the same {what}: the main process (on {main_host}) names {main_named!r}, "
+            f"{', '.join(differing)}; every process must name the same one. A run's directory comes from its config "
+            "and its id, and the id holds the git commit of each process's working directory: start every process "
+            "with the same config, on the same commit"
+        )
+    blind = [f"rank {rank} on {host} (at {path!r})" for rank, (ok, host, _, path) in enumerate(views) if not ok]
     if blind:
-        _, main_host, main_path = views[0]
         relative = (
             ""
             if os.path.isabs(directory)

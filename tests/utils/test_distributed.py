@@ -152,3 +152,21 @@ def test_broadcast_object_gives_every_rank_the_source_object(ranks):
 def test_barrier_waits_for_every_process(ranks):
     for result in ranks:
         assert result["marker_seen_after_barrier"] is True
+
+
+def test_every_process_seeing_the_main_process_directory_passes_and_leaves_nothing_behind(ranks):
+    assert all(rank["shared_left_clean"] == [] for rank in ranks)
+
+
+def test_processes_naming_different_directories_all_stop_with_both_names(ranks):
+    for rank in ranks:
+        message = rank["own_directory"]
+        assert message is not None and message.startswith("the processes do not name the same checkpoint directory")
+        assert "own0" in message and "rank 1 on" in message and "own1" in message and "same commit" in message
+
+
+def test_a_relative_directory_another_process_resolves_elsewhere_is_named_as_not_visible(ranks):
+    for rank in ranks:
+        message = rank["relative_directory"]
+        assert message is not None and "is not visible to rank 1" in message, message
+        assert "elsewhere" in message and "'relative' is relative" in message

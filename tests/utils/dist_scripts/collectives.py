@@ -7,6 +7,7 @@ Usage: `python -m torch.distributed.run --nproc_per_node 2 collectives.py OUT_DI
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from danling.utils.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_object,
+    check_shared_directory,
     collective_device,
     gather_tensor,
     get_local_rank,
@@ -71,7 +73,28 @@ def collect(out_dir: Path) -> dict:
         marker.write_text("written before the barrier")
     barrier()
     results["marker_seen_after_barrier"] = marker.exists()
+
+    # The shared-directory check: one directory both see; a directory of each; a relative one, which rank 1 looks
+    # for under another working directory (as a second node would).
+    shared = out_dir / "shared"
+    check_shared_directory(str(shared), "checkpoint directory")
+    results["shared_left_clean"] = sorted(path.name for path in shared.iterdir())
+    results["own_directory"] = _check_error(str(out_dir / f"own{rank}"))
+    if rank == 1:
+        (out_dir / "elsewhere").mkdir()
+        os.chdir(out_dir / "elsewhere")
+    else:
+        os.chdir(out_dir)
+    results["relative_directory"] = _check_error("relative")
     return results
+
+
+def _check_error(directory: str) -> str | None:
+    try:
+        check_shared_directory(directory, "checkpoint directory")
+    except RuntimeError as error:
+        return str(error)
+    return None
 
 
 def main(out_dir: Path) -> None:
