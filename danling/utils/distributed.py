@@ -79,7 +79,12 @@ def is_connection_failure(error: BaseException) -> bool:
         >>> is_connection_failure(RuntimeError("Timed out waiting 3000ms for recv operation to complete"))
         False
     """
-    return isinstance(error, RuntimeError) and any(phrase in str(error) for phrase in CONNECTION_FAILURES)
+    return _says(error, CONNECTION_FAILURES)
+
+
+def _says(error: BaseException, phrases: tuple[str, ...]) -> bool:
+    # torch raises its distributed errors as RuntimeError subclasses that only their messages tell apart.
+    return isinstance(error, RuntimeError) and any(phrase in str(error) for phrase in phrases)
 
 
 def init_process_group(
@@ -199,7 +204,7 @@ def is_timeout(error: BaseException) -> bool:
         >>> is_timeout(RuntimeError("CUDA out of memory"))
         False
     """
-    return isinstance(error, RuntimeError) and any(phrase in str(error) for phrase in TIMEOUTS)
+    return _says(error, TIMEOUTS)
 
 
 def unanswered_ranks(wait: float = 5.0) -> list[int] | None:

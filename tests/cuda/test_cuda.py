@@ -139,6 +139,16 @@ def test_an_existing_nccl_group_still_gets_this_process_gpu(tmp_path, distribute
         assert entry["current"] == rank
 
 
+def test_the_runner_makes_its_nccl_group_with_the_timeout_and_checks_the_directory_over_it(
+    tmp_path, distributed_runner
+):
+    report = scenario(distributed_runner, tmp_path, "nccl-group", nproc=min(2, torch.cuda.device_count()))
+    assert report["backend"] == "nccl" and report["device"] == "cuda:0"
+    assert report["timeout_s"] == 120
+    if report["world_size"] > 1:
+        assert all("do not name the same checkpoint directory" in message for message in report["differing"])
+
+
 def test_fsdp_on_one_gpu_trains_saves_and_resumes_bitwise(tmp_path, distributed_runner):
     report = scenario(distributed_runner, tmp_path, "fsdp")
     assert report["device"] == "cuda:0" and report["backend"] == "nccl"

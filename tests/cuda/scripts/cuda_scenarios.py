@@ -5,6 +5,9 @@ Usage: cuda_scenarios.py SCENARIO OUTPUT
 
 - `existing-group`: the script makes the NCCL group itself (without choosing a GPU), then builds a runner: each
   process's runner must use, and make current, its own GPU.
+- `nccl-group`: the runner makes the NCCL group itself (`danling.utils.distributed.init_process_group`, with
+  `config.timeout`), and `train` checks the shared checkpoint directory over NCCL; with two GPUs, processes naming
+  different directories are told so on every process.
 - `fsdp`: FSDP on one GPU: a straight run, and one that crashes mid-epoch and resumes from `latest.dcp`.
 - `dcp-onto-gpu`: FSDP on the CPU (`device: cpu`, gloo) saves a DCP checkpoint; a runner on the GPU loads it.
 - `fsdp-cpu`: FSDP with `device: cpu` on a GPU machine stays on the CPU (gloo, CPU shards).
@@ -61,6 +64,25 @@ def existing_group(output: str) -> None:
     write(output, "existing-group", report)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def nccl_group(output: str) -> None:
+    runner = ClassificationRunner(make_config(output, epoch_end=1, timeout=120))
+    runner.train()  # the shared-directory check runs first: a broadcast and an all-gather over NCCL
+    differing = None
+    if du.get_world_size() > 1:
+        try:
+            du.check_shared_directory(os.path.join(output, f"own{du.get_rank()}"), "checkpoint directory")
+        except RuntimeError as error:
+            differing = str(error)
+    report = {
+        "backend": dist.get_backend(),
+        "device": str(runner.device),
+        "timeout_s": du._group_timeout.total_seconds() if du._group_timeout is not None else None,
+        "differing": du.all_gather_object(differing),
+        "world_size": du.get_world_size(),
+    }
+    write(output, "nccl-group", report)
 
 
 def fsdp(output: str) -> None:
@@ -150,6 +172,7 @@ def _classification(config: dl.Config) -> dl.Runner:
 
 SCENARIOS = {
     "existing-group": existing_group,
+    "nccl-group": nccl_group,
     "fsdp": fsdp,
     "dcp-onto-gpu": dcp_onto_gpu,
     "fsdp-cpu": fsdp_cpu,

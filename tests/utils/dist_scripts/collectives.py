@@ -78,6 +78,7 @@ def collect(out_dir: Path) -> dict:
     # for under another working directory (as a second node would).
     shared = out_dir / "shared"
     check_shared_directory(str(shared), "checkpoint directory")
+    barrier()  # the main process removes its probe once every process has read it
     results["shared_left_clean"] = sorted(path.name for path in shared.iterdir())
     results["own_directory"] = _check_error(str(out_dir / f"own{rank}"))
     if rank == 1:
