@@ -10,7 +10,7 @@ from warnings import warn
 from chanfig import NestedDict
 
 from ..runs import POINTER_EXTENSIONS
-from ..utils.io import CorruptFileError, atomic_copy, not_a_torch_file, remove_stale_temporaries
+from ..utils.io import CorruptFileError, atomic_copy, not_a_torch_file, remove_stale_temporaries, spare_file
 from .compiling import strip_compile_prefix
 from .config import Config, interval
 from .resumption import (
@@ -287,7 +287,9 @@ class CheckpointIO:
                 atomic_copy(latest_path, os.path.join(checkpoint_dir, f"epoch-{epochs}.pth"))
                 prune_epoch_checkpoints(checkpoint_dir, keep)
             if best:
-                atomic_copy(latest_path, os.path.join(checkpoint_dir, "best.pth"))
+                # The `best` being replaced becomes `latest`'s spare: the next save rewrites it in place.
+                retire = spare_file(latest_path) if spare else None
+                atomic_copy(latest_path, os.path.join(checkpoint_dir, "best.pth"), retire_to=retire)
 
         if writer is None:
             write(state)

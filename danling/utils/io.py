@@ -7,13 +7,16 @@ either the previous file or the new one, never a truncated mix.
 
 from __future__ import annotations
 
+import io
 import json
 import mmap
 import os
 import shutil
 import stat
+import struct
 import tempfile
 import threading
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -33,14 +36,20 @@ __all__ = [
     "not_a_torch_file",
     "remove_stale_temporaries",
     "save",
+    "spare_file",
     "to_builtin",
 ]
 
 PathStr = str | os.PathLike
 
-# Torch files written here end with a trailer: magic, CRC-32 of everything before it, and that length. Zip readers
-# (and so `torch.load`) find their directory by scanning back from the end, so they read past it unchanged.
+# Torch files written here end with a 16-byte trailer: magic, 4 bytes, and the length of everything before it. Zip
+# readers (and so `torch.load`) find their directory by scanning back from the end, so they read past it unchanged.
+# - "DLCK": the 4 bytes are a CRC-32 of everything before the trailer (written when the archive has no CRC-32s).
+# - "DLZ1": the archive's own per-record CRC-32s, which `torch.save` computes anyway, cover the records' data, and
+#   the 4 bytes are a CRC-32 of the rest (headers, padding, directory: a few KB), so every byte is covered and the
+#   save does not pay for a second pass over the data.
 _TRAILER_MAGIC = b"DLCK"
+_ZIP_TRAILER_MAGIC = b"DLZ1"
 _TRAILER_SIZE = 16
 
 
@@ -85,20 +94,22 @@ def not_a_torch_file(path: PathStr) -> str | None:
 
 
 class _ChecksumWriter:
-    """File wrapper that keeps a running CRC-32 and length of what is written through it.
+    """File wrapper that counts what is written through it and, with `checksum`, keeps its running CRC-32.
 
     The first `OSError` a write raises is kept in `error`: `torch.save` replaces it with an internal message of its
     own ("unexpected pos ..."), and the `OSError` (disk full, file too large) is the one worth reporting.
     """
 
-    def __init__(self, file: IO[bytes]) -> None:
+    def __init__(self, file: IO[bytes], checksum: bool = True) -> None:
         self.file = file
+        self.checksum = checksum
         self.crc = 0
         self.length = 0
         self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
-        self.crc = zlib.crc32(data, self.crc)
+        if self.checksum:
+            self.crc = zlib.crc32(data, self.crc)
         self.length += len(data)
         try:
             return self.file.write(data)
@@ -111,7 +122,11 @@ class _ChecksumWriter:
 
 
 def verify_checksum(path: PathStr) -> bool:
-    """Check a torch file written by [`save`][danling.utils.io.save] against its CRC-32 trailer.
+    """Check a torch file written by [`save`][danling.utils.io.save] against its trailer.
+
+    Files with a CRC-32 trailer are checked against it; files whose trailer names the archive's own checksums have
+    every record checked against the CRC-32 the zip directory holds for it, and each record's local header against
+    the directory, so a damaged byte anywhere `torch.load` reads is found.
 
     Returns:
         `True` if the file has a trailer and matches it, `False` if it has none (a file written elsewhere).
@@ -120,13 +135,12 @@ def verify_checksum(path: PathStr) -> bool:
         CorruptFileError: If the file is shorter than its trailer says, or its content does not match.
     """
     path = os.fspath(path)
-    size = os.path.getsize(path)
-    if size < _TRAILER_SIZE:
-        return False
-    with open(path, "rb") as fp:
-        fp.seek(size - _TRAILER_SIZE)
-        trailer = fp.read(_TRAILER_SIZE)
-        if trailer[:4] != _TRAILER_MAGIC:
+    with open(path, "rb", buffering=0) as fp:
+        size = os.fstat(fp.fileno()).st_size
+        if size < _TRAILER_SIZE:
+            return False
+        trailer = os.pread(fp.fileno(), _TRAILER_SIZE, size - _TRAILER_SIZE)
+        if trailer[:4] not in (_TRAILER_MAGIC, _ZIP_TRAILER_MAGIC):
             return False
         expected_crc = int.from_bytes(trailer[4:8], "little")
         expected_length = int.from_bytes(trailer[8:], "little")
@@ -134,16 +148,116 @@ def verify_checksum(path: PathStr) -> bool:
             raise CorruptFileError(
                 f"{path!r} is truncated or damaged: expected {expected_length} bytes before its trailer"
             )
-        # Mapped rather than read: the checksum runs over the page cache without copying the file.
-        with (
-            mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
-            memoryview(mapped) as view,
-            view[:expected_length] as payload,
-        ):
-            crc = zlib.crc32(payload)
+        if trailer[:4] == _ZIP_TRAILER_MAGIC:
+            _verify_zip_records(fp.fileno(), expected_length, expected_crc, path)
+            return True
+        (crc,) = _crc32s(fp.fileno(), [(0, expected_length)])
     if crc != expected_crc:
         raise CorruptFileError(f"{path!r} is corrupted: its checksum does not match its content")
     return True
+
+
+def _crc32s(fd: int, ranges: list[tuple[int, int]]) -> list[int]:
+    """CRC-32 of each byte range `[start, end)` of the file `fd`.
+
+    The file is mapped, not read: each checksum runs over the page cache in one call that releases the GIL, so it
+    runs beside `torch.load` (which holds the GIL while it reads); reading through a buffer instead cost a copy and
+    a GIL handover per chunk, and serialised the two. Every slice is released before the mapping closes.
+    """
+    if not ranges:
+        return []
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+        crcs = []
+        for start, end in ranges:
+            with view[start:end] as part:
+                crcs.append(zlib.crc32(part))
+        return crcs
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then (past version to sizes) name and extra lengths
+
+
+def _zip_records(fd: int, length: int, path: str) -> list[tuple[zipfile.ZipInfo, int, int]]:
+    """The records of the zip archive in the first `length` bytes of `fd`: `(record, data start, data end)` in file
+    order, each local header checked against the directory."""
+    try:
+        with zipfile.ZipFile(_FileWindow(fd, length)) as archive:
+            records = archive.infolist()
+    except Exception as error:  # zipfile raises many kinds (BadZipFile, NotImplementedError, ...) on damage
+        raise CorruptFileError(f"{path!r} is corrupted: its zip directory cannot be read ({error})") from None
+    if not records:
+        raise CorruptFileError(f"{path!r} is corrupted: its zip directory lists no records")
+    layout, end = [], 0
+    for record in sorted(records, key=lambda record: record.header_offset):
+        start = record.header_offset
+        if not end <= start <= length - _LOCAL_HEADER.size:
+            raise CorruptFileError(f"{path!r} is corrupted: record {record.filename!r} is not where it should be")
+        signature, name_length, extra_length = _LOCAL_HEADER.unpack(os.pread(fd, _LOCAL_HEADER.size, start))
+        name_start = start + _LOCAL_HEADER.size
+        data_start = name_start + name_length + extra_length
+        end = data_start + record.compress_size
+        if (
+            signature != b"PK\x03\x04"
+            or os.pread(fd, name_length, name_start) != record.orig_filename.encode("utf-8")
+            or record.compress_type != zipfile.ZIP_STORED
+            or record.compress_size != record.file_size
+            or end > length
+        ):
+            raise CorruptFileError(f"{path!r} is corrupted: record {record.filename!r} does not match its header")
+        layout.append((record, data_start, end))
+    return layout
+
+
+def _structure_crc32(fd: int, length: int, layout: list[tuple[zipfile.ZipInfo, int, int]]) -> int:
+    """CRC-32 of every byte of the archive outside its records' data: headers, padding and the directory."""
+    crc, position = 0, 0
+    for _, start, end in [*layout, (None, length, length)]:
+        crc = zlib.crc32(os.pread(fd, start - position, position), crc) if start > position else crc
+        position = end
+    return crc
+
+
+def _verify_zip_records(fd: int, length: int, expected_crc: int, path: str) -> None:
+    """Check each record's data against its CRC-32 in the zip directory, and all else against `expected_crc`."""
+    layout = _zip_records(fd, length, path)
+    for (record, _, _), crc in zip(layout, _crc32s(fd, [(start, end) for _, start, end in layout])):
+        if crc != record.CRC:
+            raise CorruptFileError(f"{path!r} is corrupted: record {record.filename!r} does not match its checksum")
+    if _structure_crc32(fd, length, layout) != expected_crc:
+        raise CorruptFileError(f"{path!r} is corrupted: its zip headers or directory do not match their checksum")
+
+
+class _FileWindow(io.RawIOBase):
+    """The first `length` bytes of the file `fd`, read-only and seekable, so `zipfile` finds the archive's directory
+    where the archive ends (before the trailer) without reading anything else."""
+
+    def __init__(self, fd: int, length: int) -> None:
+        self.fd = fd
+        self.length = length
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.length}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self.position = base + offset
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = max(0, min(len(buffer), self.length - self.position))
+        with memoryview(buffer) as view:
+            count = os.preadv(self.fd, [view[:wanted]], self.position) if wanted else 0
+        self.position += count
+        return count
 
 
 # `mkstemp` makes files readable by their owner only; a saved file gets the mode `open()` would give it instead.
@@ -204,6 +318,17 @@ def fsync_dir(directory: PathStr) -> None:
         os.close(fd)
 
 
+def spare_file(path: PathStr) -> str:
+    """Where [`atomic_write`][danling.utils.io.atomic_write] keeps the spare file of `path` (with `spare=True`).
+
+    Examples:
+        >>> spare_file("/runs/checkpoints/latest.pth")
+        '/runs/checkpoints/.latest.pth.spare'
+    """
+    path = os.fspath(path)
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.spare")
+
+
 @contextmanager
 def atomic_write(path: PathStr, mode: str = "wb", encoding: str | None = None, spare: bool = False) -> Iterator[IO]:
     """Open a temporary file beside `path`; on success, make it `path` in one rename.
@@ -237,12 +362,13 @@ def atomic_write(path: PathStr, mode: str = "wb", encoding: str | None = None, s
     if mode not in ("w", "wb"):
         raise ValueError(f"cannot write {path!r}: atomic_write mode must be 'w' or 'wb', got {mode!r}")
     directory = os.path.dirname(os.path.abspath(path))
-    spare_path = os.path.join(directory, f".{os.path.basename(path)}.spare")
+    spare_path = spare_file(path)
     retiring = os.path.join(directory, f".{os.path.basename(path)}.retiring")
     try:
         os.makedirs(directory, exist_ok=True)
         if spare and _only_name(spare_path):
-            fd, tmp_path = os.open(spare_path, os.O_WRONLY), spare_path
+            # Readable too: a torch file's trailer is computed from what was written (see `_save_torch`).
+            fd, tmp_path = os.open(spare_path, os.O_RDWR), spare_path
         else:
             fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
             os.chmod(tmp_path, 0o666 & ~_UMASK)
@@ -301,11 +427,16 @@ def _only_name(path: str) -> bool:
     return stat.S_ISREG(status.st_mode) and status.st_nlink == 1
 
 
-def atomic_copy(source: PathStr, destination: PathStr) -> None:
+def atomic_copy(source: PathStr, destination: PathStr, retire_to: PathStr | None = None) -> None:
     """Make `destination` a copy of `source` atomically, by a hard link where the filesystem allows it.
 
     Files written through [`atomic_write`][danling.utils.io.atomic_write] are never modified in place, so a hard
     link is as good as a copy: replacing `source` later gives it a new inode and leaves `destination` alone.
+
+    With `retire_to`, the file `destination` named before is kept there rather than dropped, when no other name links
+    it and nothing is at `retire_to` yet: as the [spare][danling.utils.io.spare_file] of another file, a `best.pth`
+    replaced by a newer one is rewritten in place by the next save of `latest.pth`, instead of a new file being
+    allocated (several times slower for large files).
 
     A failure (a missing `source`, an unwritable directory) raises with both paths in the message, as the same
     type (`FileNotFoundError` stays `FileNotFoundError`); no temporary file is left and `destination` is intact.
@@ -313,6 +444,10 @@ def atomic_copy(source: PathStr, destination: PathStr) -> None:
     source, destination = os.fspath(source), os.fspath(destination)
     directory = os.path.dirname(os.path.abspath(destination))
     tmp_path = os.path.join(directory, f".{os.path.basename(destination)}.{os.getpid()}.link")
+    retiring = None
+    if retire_to is not None:
+        retire_to = os.fspath(retire_to)
+        retiring = os.path.join(os.path.dirname(retire_to), f".{os.path.basename(retire_to)}.{os.getpid()}.link")
     try:
         try:
             os.link(source, tmp_path)
@@ -324,12 +459,24 @@ def atomic_copy(source: PathStr, destination: PathStr) -> None:
             with open(source, "rb") as src, atomic_write(destination) as dst:
                 shutil.copyfileobj(src, dst, length=16 << 20)
             return
+        # A second name for the file about to be dropped, made before the rename: `destination` names a complete
+        # file at every instant, and a crash leaves only a `.link` temporary behind.
+        if retiring is None or not _only_name(destination) or os.path.lexists(retire_to):  # type: ignore[arg-type]
+            retiring = None
+        else:
+            with suppress(FileNotFoundError):
+                os.unlink(retiring)
+            os.link(destination, retiring)
         os.replace(tmp_path, destination)
         if os.path.lexists(tmp_path):  # rename() does nothing when both names already link to the same file
             os.unlink(tmp_path)
+        if retiring is not None:
+            os.replace(retiring, retire_to)  # type: ignore[arg-type]
     except BaseException as error:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp_path)
+        for leftover in (tmp_path, retiring):
+            if leftover is not None:
+                with suppress(FileNotFoundError):
+                    os.unlink(leftover)
         renamed = _naming(error, destination, f"cannot copy {source!r} to {destination!r}")
         if renamed is error:
             raise
@@ -381,15 +528,27 @@ def _save_yaml(obj: Any, path: str, **kwargs: Any) -> None:
 def _save_torch(obj: Any, path: str, spare: bool = False, **kwargs: Any) -> None:
     import torch
 
+    # The archive's own CRC-32s serve as the checksum when torch writes them (its default); otherwise (they are
+    # turned off, or the legacy format is asked for) one CRC-32 over the whole file is computed on the way out.
+    archived = torch.serialization.get_crc32_options() and kwargs.get("_use_new_zipfile_serialization", True)
     with atomic_write(path, spare=spare) as fp:
-        writer = _ChecksumWriter(fp)
+        writer = _ChecksumWriter(fp, checksum=not archived)
         try:
             torch.save(obj, writer, **kwargs)  # type: ignore[arg-type]
         except Exception:
             if writer.error is not None:
                 raise writer.error from None  # torch's own message would hide it
             raise
-        fp.write(_TRAILER_MAGIC + writer.crc.to_bytes(4, "little") + writer.length.to_bytes(8, "little"))
+        if archived:
+            fp.flush()  # read back below: the archive's headers and directory, from the page cache
+            fd = fp.fileno()
+            magic, crc = (
+                _ZIP_TRAILER_MAGIC,
+                _structure_crc32(fd, writer.length, _zip_records(fd, writer.length, path)),
+            )
+        else:
+            magic, crc = _TRAILER_MAGIC, writer.crc
+        fp.write(magic + crc.to_bytes(4, "little") + writer.length.to_bytes(8, "little"))
 
 
 def _save_npy(obj: Any, path: str, **kwargs: Any) -> None:
@@ -433,9 +592,12 @@ def _load_torch(path: str, verify: bool = True, **kwargs: Any) -> Any:
     kwargs.setdefault("map_location", "cpu")
     try:
         loaded = torch.load(path, **kwargs)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+    except BaseException as error:
         if verification is not None:
-            verification.result()  # a damaged file is best reported by its checksum
+            # Never returns while the thread still reads the file; a damaged file is best reported by its checksum.
+            verification.result(check=isinstance(error, Exception))
+        if not isinstance(error, (RuntimeError, EOFError, OSError, pickle.UnpicklingError)):
+            raise
         content = not_a_torch_file(path)
         if content is not None:
             # Not from torch.save at all (a YAML file named .pth, say): torch's advice to retry with weights_only=False
@@ -463,9 +625,10 @@ class _Verification:
         except BaseException as error:  # handed to the caller's thread by result()
             self.error = error
 
-    def result(self) -> None:
+    def result(self, check: bool = True) -> None:
+        """Wait for the check; with `check`, re-raise its error, if any."""
         self.thread.join()
-        if self.error is not None:
+        if check and self.error is not None:
             raise self.error
 
 
