@@ -153,21 +153,36 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: s
             runner = instances[0]
     log_interval = runner.config.log_interval
 
-    torch.manual_seed(0)
-    model, criterion = mlp(sizes), nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    dataset = runner.datasets.train
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=TrainingSampler(len(dataset)))
+    # The hand-written loops get two instances each too (model, optimizer and a copy of the data), for the same
+    # reason: otherwise the luck of one instance's memory layout is theirs for the whole run.
+    def hand_instances() -> itertools.cycle:
+        instances = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            model = mlp(sizes)
+            data = TensorDataset(*(tensor.clone() for tensor in runner.datasets.train.tensors))
+            instances.append((model, torch.optim.SGD(model.parameters(), lr=0.01), data))
+        return itertools.cycle(instances)
+
+    criterion = nn.CrossEntropyLoss()
+    per_sample, batch_indexing = hand_instances(), hand_instances()
     epochs = itertools.count()
+
+    def hand_written() -> float:
+        model, optimizer, data = next(per_sample)
+        loader = DataLoader(data, batch_size=batch_size, sampler=TrainingSampler(len(data)))
+        return hand_written_epoch(model, criterion, optimizer, loader, log_interval)
+
+    def hand_written_batch_indexing() -> float:
+        model, optimizer, data = next(batch_indexing)
+        return batch_indexing_epoch(model, criterion, optimizer, data.tensors, batch_size, log_interval, next(epochs))
 
     contestants = {
         "runner": lambda: runner_epoch(next(runners[True, True])),
         "runner per-sample": lambda: runner_epoch(next(runners[False, True])),
         "runner without throughput": lambda: runner_epoch(next(runners[True, False])),
-        "hand-written": lambda: hand_written_epoch(model, criterion, optimizer, loader, log_interval),
-        "hand-written batch-indexing": lambda: batch_indexing_epoch(
-            model, criterion, optimizer, dataset.tensors, batch_size, log_interval, next(epochs)
-        ),
+        "hand-written": hand_written,
+        "hand-written batch-indexing": hand_written_batch_indexing,
     }
     times: dict[str, list[float]] = {contestant: [] for contestant in contestants}
     order = list(contestants)
