@@ -234,9 +234,13 @@ def _verify_zip_records(fd: int, length: int, expected_crc: int, path: str) -> N
     layout = _zip_records(fd, length, path)
     for (record, _, _), crc in zip(layout, _crc32s(fd, [(start, end) for _, start, end in layout])):
         if crc != record.CRC:
-            raise CorruptFileError(f"{path!r} is corrupted: record {record.filename!r} does not match its checksum")
+            raise CorruptFileError(
+                f"{path!r} is corrupted: its checksum does not match its content (record {record.filename!r})"
+            )
     if _structure_crc32(fd, length, layout) != expected_crc:
-        raise CorruptFileError(f"{path!r} is corrupted: its zip headers or directory do not match their checksum")
+        raise CorruptFileError(
+            f"{path!r} is corrupted: its checksum does not match its content (the zip headers or directory)"
+        )
 
 
 class _FileWindow(io.RawIOBase):
