@@ -73,6 +73,7 @@ EXECUTION_NAMES = frozenset(
         "throughput",
         "flops_per_sample",
         "peak_flops",
+        "prefetch",
     }
 )
 
@@ -153,6 +154,7 @@ RESUME_STEERING_KEYS = frozenset(
         "throughput",
         "flops_per_sample",
         "peak_flops",
+        "prefetch",
         "dataloader.num_workers",
         "dataloader.pin_memory",
         "dataloader.persistent_workers",

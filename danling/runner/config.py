@@ -178,6 +178,10 @@ class Config(chanfig.Config):
     fetch_batches: bool = True
     """Fetch each batch of an in-memory dataset (a `TensorDataset`, a `StackDataset`, a mapping of tensors or arrays)
     with one indexing per tensor instead of one `__getitem__` per sample and a collate: the same batches, faster."""
+    prefetch: bool = True
+    """On a CUDA device, copy the next batch to the device (from pinned memory, `non_blocking`) on a side stream while
+    the current step runs, instead of at the start of its step: the same batches, with the copy hidden. No effect
+    elsewhere. Steps, `count_tokens` included, then receive batches already on the device."""
 
     # Optimisation
     accum_steps: int = 1

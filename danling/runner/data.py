@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 import torch
@@ -127,15 +128,37 @@ class DataMixin(RunnerParts):
 
 
 def to_device(data: Any, device: torch.device) -> Any:
-    """Move tensors in `data` (nested in mappings, lists and tuples) to `device`."""
+    """Move tensors in `data` (nested in mappings, lists and tuples) to `device`; anything else is kept as it is.
+
+    Containers keep their type (a named tuple, an `OrderedDict`, a `BatchEncoding`), as `DataLoader`'s pinning keeps
+    it; a mapping that cannot be copied becomes a `dict`.
+    """
     if isinstance(data, torch.Tensor):
         # Comparing devices is cheaper than a no-op `.to()`, and this runs on every batch.
         return data if data.device == device else data.to(device, non_blocking=True)
     if isinstance(data, Mapping):
-        return {key: to_device(value, device) for key, value in data.items()}
+        moved = {key: to_device(value, device) for key, value in data.items()}
+        return moved if type(data) is dict else _like(data, moved)
     if isinstance(data, (list, tuple)):
-        return type(data)(to_device(value, device) for value in data)
+        values = [to_device(value, device) for value in data]
+        kind = type(data)
+        if kind is list:
+            return values
+        # A named tuple takes its fields as arguments, not as one iterable.
+        return kind(*values) if hasattr(data, "_fields") else kind(values)
     return data
+
+
+def _like(mapping: Mapping, values: dict) -> Mapping:
+    """`values` in a shallow copy of `mapping` (its type and attributes kept), or as they are if it cannot take them."""
+    if isinstance(mapping, MutableMapping):
+        try:
+            copied = copy.copy(mapping)
+            copied.update(values)
+            return copied
+        except TypeError:
+            pass
+    return values
 
 
 class IgnoreInterrupt:

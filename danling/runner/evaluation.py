@@ -13,10 +13,12 @@ from torch import nn
 from ..metrics import Metrics, MultiTaskMetrics
 from ..metrics.average_meter import AverageMeter, AverageMeters
 from ..utils import distributed as du
+from .batching import BatchFetch, keep_batch
 from .config import interval
 from .ema import ema_module
 from .meta import RunnerMode
 from .parts import RunnerParts
+from .prefetch import prefetch
 from .results import epoch_label
 
 __all__ = ["EvaluationLoop"]
@@ -51,7 +53,7 @@ class EvaluationLoop(RunnerParts):
         length = len(loader)
         log_interval = interval(self.config.log_interval)
         with self.evaluation_context(model):
-            for iteration, batch in enumerate(self._progress_bar(loader, split)):
+            for iteration, batch in enumerate(self._progress_bar(self._prefetched(loader), split)):
                 self.evaluate_step(batch, model)
                 if log_interval and (iteration % log_interval == 0 or iteration == length - 1):
                     self.step_log(split, iteration, length - 1)
@@ -96,7 +98,7 @@ class EvaluationLoop(RunnerParts):
         model.eval()
         outputs = []
         with self.evaluation_context(model):
-            for batch in self._progress_bar(self.dataloaders[split], split):
+            for batch in self._progress_bar(self._prefetched(self.dataloaders[split]), split):
                 input, _ = self.unpack_batch(batch)
                 with self.autocast():
                     outputs.append(self.forward(model, input))
@@ -160,6 +162,23 @@ class EvaluationLoop(RunnerParts):
             # Collective, like the meters above: every process logs the same steps.
             result.update(throughput.read(self.device))  # type: ignore[attr-defined]
         return result
+
+    def _prefetched(self, batches: Iterable, loader: Any = None) -> Iterable:
+        """`batches` copied to the device a batch ahead, on a side stream, when it is a CUDA device and
+        `config.prefetch` is on (see [`danling.runner.prefetch`][danling.runner.prefetch]); else `batches` itself.
+
+        Only where taking a batch from `loader` (by default `batches`) cannot draw random numbers in this process:
+        its workers fetch and collate (`num_workers > 0`), or it indexes in-memory tensors (batch fetching). A batch
+        taken ahead from anything else could draw before the step it precedes, and a checkpoint taken between the
+        two would hold the generators past the next batch's draws: its resume would not be exact.
+        """
+        if not self.config.get("prefetch", True):
+            return batches
+        loader = batches if loader is None else loader
+        indexing = isinstance(getattr(loader, "dataset", None), BatchFetch) and loader.collate_fn is keep_batch
+        if not (indexing or getattr(loader, "num_workers", 0) > 0):
+            return batches
+        return prefetch(batches, self.device)
 
     def _progress_bar(self, loader: Iterable, split: str, total: int | None = None, initial: int = 0) -> Iterable:
         """`loader` in a progress bar on the main process when stdout is a terminal (and `config.progress`).

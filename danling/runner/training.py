@@ -233,7 +233,7 @@ class TrainingLoop(StepTraining, RunnerParts):
             if throughput is not None:
                 throughput.start()
             for iteration, batch in enumerate(
-                self._progress_bar(batches, split, total=shown, initial=done), start=done
+                self._progress_bar(self._prefetched(batches, loader), split, total=shown, initial=done), start=done
             ):
                 self._epoch_iteration = iteration
                 steps = self.config.steps
@@ -377,7 +377,8 @@ class TrainingLoop(StepTraining, RunnerParts):
         """The tokens in `batch`, for `tokens_per_s`: override it to count them (`None`, the default, counts none).
 
         It runs at every micro-batch: count without waiting for the device (for example from a CPU tensor of
-        lengths, or `attention_mask.sum()` on a batch still on the CPU), so throughput stays free.
+        lengths, or `attention_mask.sum()` on a batch still on the CPU), so throughput stays free. On a GPU with
+        `config.prefetch` on, the batch's tensors are already on the device: a count from them waits for it.
         """
         return None
 

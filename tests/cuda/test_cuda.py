@@ -120,7 +120,8 @@ def test_a_pinned_memory_loader_feeds_the_gpu(tmp_path):
             pinned.append(batch[0].is_pinned())
             return super().unpack_batch(batch)
 
-    config = cuda_config(tmp_path, epoch_end=2)
+    # Without prefetching, the loader's own batches reach the step (prefetched ones are already on the GPU).
+    config = cuda_config(tmp_path, epoch_end=2, prefetch=False)
     config.dataloader.pin_memory = True
     results = Recording(config).train()
     assert pinned and all(pinned)

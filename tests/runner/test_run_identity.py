@@ -52,6 +52,7 @@ EXECUTION_VALUES = {
     "throughput": False,
     "flops_per_sample": 1e6,
     "peak_flops": 1e12,
+    "prefetch": False,
 }
 
 
