@@ -1,7 +1,8 @@
 """Start-up: a fresh interpreter that imports torch, against one that imports danling and touches its runner.
 
 `danling` is lazy (its subpackages load on first use), so the second command touches `danling.Runner`,
-`danling.TorchRunner` and `danling.Config`, as a training script does before it builds its runner. Both commands run
+`danling.TorchRunner` and `danling.Config`, as a training script does before it builds its runner. A third command
+imports torch and chanfig, the floor for any runner built on chanfig. The commands run
 in fresh interpreters (bytecode caches on, written by the warm-up), interleaved, the order alternating; the figures
 are medians of wall time (or, with `--clock cpu`, of the CPU time of the child, steadier on a busy machine).
 
@@ -20,6 +21,9 @@ import time
 
 COMMANDS = {
     "import torch": "import torch",
+    # The floor for any runner built on chanfig, a runtime dependency: chanfig imports yaml, lazy_imports and
+    # tomllib when it is imported, before a line of danling runs.
+    "import torch, chanfig": "import torch; import chanfig",
     "import danling, touch the runner": "import danling; danling.Runner; danling.TorchRunner; danling.Config",
 }
 
@@ -53,8 +57,12 @@ def main() -> None:
     print(f"start-up, median of {args.repeats} interleaved fresh interpreters ({args.clock} clock)")
     for name, seconds in medians.items():
         print(f"  {name:<34} {seconds * 1e3:8.1f} ms")
-    ratio = medians["import danling, touch the runner"] / medians["import torch"]
-    print(f"  danling / torch: {ratio:.3f}")
+    danling, torch, floor = (
+        medians[name] for name in ("import danling, touch the runner", "import torch", "import torch, chanfig")
+    )
+    print(f"  danling / torch: {danling / torch:.3f}")
+    print(f"  torch + chanfig / torch: {floor / torch:.3f} (the floor)")
+    print(f"  danling / (torch + chanfig): {danling / floor:.3f}")
 
 
 if __name__ == "__main__":
