@@ -74,6 +74,7 @@ EXECUTION_NAMES = frozenset(
         "flops_per_sample",
         "peak_flops",
         "prefetch",
+        "fetch_batches",
     }
 )
 
@@ -155,6 +156,7 @@ RESUME_STEERING_KEYS = frozenset(
         "flops_per_sample",
         "peak_flops",
         "prefetch",
+        "fetch_batches",
         "dataloader.num_workers",
         "dataloader.pin_memory",
         "dataloader.persistent_workers",

@@ -208,6 +208,26 @@ def test_resume_mid_epoch_with_batches_matches_a_straight_per_sample_run(tmp_pat
     assert_bitwise_equal(final_state(resumed), final_state(straight))
 
 
+@pytest.mark.parametrize(("before", "after"), [(True, False), (False, True)])
+def test_resume_true_finds_the_run_with_fetch_batches_flipped_and_trains_the_same_weights(tmp_path, before, after):
+    # Batches or samples train the same weights, so the switch is not part of the run's id: `--resume true` with
+    # it flipped finds the interrupted run, continues it in its own directory, and matches a straight run.
+    settings = {"epoch_end": 2, "checkpoint_interval": 1}
+    straight = ResumableRunner(make_config(tmp_path / "straight", fetch_batches=before, **settings))
+    straight.train()
+    interrupted = ResumableRunner(make_config(tmp_path / "run", fail_at_iter=10, fetch_batches=before, **settings))
+    with pytest.raises(Interrupted):
+        interrupted.train()
+    config = make_config(tmp_path / "run", fail_at_iter=10, fetch_batches=after, resume=True, **settings)
+    resumed = ResumableRunner(config)
+    assert resumed.config.checkpoint == os.path.join(interrupted.checkpoint_dir, "latest.pth")
+    assert resumed.dir == interrupted.dir
+    resumed.config.fail_at_iter = None
+    resumed.train()
+    assert isinstance(resumed.dataloaders.train.dataset, BatchFetch) is after
+    assert_bitwise_equal(final_state(resumed), final_state(straight))
+
+
 def test_two_processes_resumed_with_batches_train_as_per_sample(tmp_path, distributed_runner):
     script = Path(__file__).parent / "dist_scripts" / "batch_fetch_two_processes.py"
     distributed_runner(script, str(tmp_path))

@@ -53,6 +53,7 @@ EXECUTION_VALUES = {
     "flops_per_sample": 1e6,
     "peak_flops": 1e12,
     "prefetch": False,
+    "fetch_batches": False,
 }
 
 
