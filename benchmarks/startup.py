@@ -2,9 +2,9 @@
 
 `danling` is lazy (its subpackages load on first use), so the second command touches `danling.Runner`,
 `danling.TorchRunner` and `danling.Config`, as a training script does before it builds its runner. A third command
-imports torch and chanfig, the floor for any runner built on chanfig. The commands run
-in fresh interpreters (bytecode caches on, written by the warm-up), interleaved, the order alternating; the figures
-are medians of wall time (or, with `--clock cpu`, of the CPU time of the child, steadier on a busy machine).
+imports torch and chanfig, the floor for any runner built on chanfig. The commands run in fresh interpreters
+(bytecode caches on, written by the warm-up), interleaved, the order alternating; the figures are medians of wall
+time (or, with `--clock cpu`, of the CPU time of the child, steadier on a busy machine).
 
     python benchmarks/startup.py [--repeats 21] [--clock wall|cpu]
 """

@@ -194,26 +194,12 @@ def test_training_is_bit_identical_with_batches_and_samples(tmp_path):
     assert_bitwise_equal(states[1], states[0])
 
 
-def test_resume_mid_epoch_with_batches_matches_a_straight_per_sample_run(tmp_path):
+@pytest.mark.parametrize(("before", "after"), [(True, True), (True, False), (False, True)])
+def test_resume_mid_epoch_matches_a_straight_per_sample_run_whichever_way_each_part_fetches(tmp_path, before, after):
+    # Batches or samples train the same weights, so the switch is not part of the run's id: `--resume true` finds the
+    # interrupted run with it kept or flipped, continues it in its own directory, and matches a straight run.
     settings = {"epoch_end": 2, "checkpoint_interval": 1}
     straight = ResumableRunner(make_config(tmp_path / "straight", fetch_batches=False, **settings))
-    straight.train()
-    interrupted = ResumableRunner(make_config(tmp_path / "interrupted", fail_at_iter=10, **settings))
-    with pytest.raises(Interrupted):
-        interrupted.train()
-    resumed = ResumableRunner.from_checkpoint(os.path.join(interrupted.checkpoint_dir, "latest.pth"))
-    resumed.config.fail_at_iter = None
-    assert resumed.config.epochs == 1 and resumed.config.fetch_batches
-    resumed.train()
-    assert_bitwise_equal(final_state(resumed), final_state(straight))
-
-
-@pytest.mark.parametrize(("before", "after"), [(True, False), (False, True)])
-def test_resume_true_finds_the_run_with_fetch_batches_flipped_and_trains_the_same_weights(tmp_path, before, after):
-    # Batches or samples train the same weights, so the switch is not part of the run's id: `--resume true` with
-    # it flipped finds the interrupted run, continues it in its own directory, and matches a straight run.
-    settings = {"epoch_end": 2, "checkpoint_interval": 1}
-    straight = ResumableRunner(make_config(tmp_path / "straight", fetch_batches=before, **settings))
     straight.train()
     interrupted = ResumableRunner(make_config(tmp_path / "run", fail_at_iter=10, fetch_batches=before, **settings))
     with pytest.raises(Interrupted):
@@ -222,6 +208,7 @@ def test_resume_true_finds_the_run_with_fetch_batches_flipped_and_trains_the_sam
     resumed = ResumableRunner(config)
     assert resumed.config.checkpoint == os.path.join(interrupted.checkpoint_dir, "latest.pth")
     assert resumed.dir == interrupted.dir
+    assert resumed.config.epochs == 1
     resumed.config.fail_at_iter = None
     resumed.train()
     assert isinstance(resumed.dataloaders.train.dataset, BatchFetch) is after
