@@ -1,7 +1,9 @@
 """Per-step cost of `TorchRunner` against hand-written PyTorch loops with the same features.
 
 All train the same model on the same in-memory data (a `TensorDataset`), with the same optimizer, the same
-sample-weighted epoch loss and a log line every `log_interval` steps:
+sample-weighted epoch loss and a log line every `log_interval` steps. They start from the same weights and take the
+samples in the same order, so they do the same arithmetic step for step (their weights stay bit-identical): a
+loop whose weights wandered into slow subnormal numbers, say, would otherwise be timed on other work.
 
 - runner: `TorchRunner`, which fetches this dataset a batch at a time (`config.fetch_batches`, the default);
 - runner per-sample: `TorchRunner` with `fetch_batches=False`, one `__getitem__` per sample and a collate;
@@ -9,8 +11,8 @@ sample-weighted epoch loss and a log line every `log_interval` steps:
 - hand-written batch-indexing: a permutation split into batches, each fetched as `tensor[indices]`, no
   `DataLoader`: the floor for in-memory data.
 
-Epochs are interleaved (each repeat runs every contestant once, in a rotated order) in one process so that drift in
-machine load hits all alike; the figures are ratios of median time per step.
+Epochs are interleaved (each repeat runs every contestant once, in a freshly shuffled order) in one process so that
+drift in machine load hits all alike; the figures are ratios of median time per step.
 
     python benchmarks/step_overhead.py [--repeats 7] [--threads 1] [--clock wall|cpu] [--case all|tiny|compute]
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import random
 import statistics
 import tempfile
 import time
@@ -86,12 +89,13 @@ def hand_written_epoch(model, criterion, optimizer, loader, log_interval: int) -
     return (clock() - start) / length
 
 
-def batch_indexing_epoch(model, criterion, optimizer, tensors, batch_size: int, log_interval: int, seed: int) -> float:
+def batch_indexing_epoch(model, criterion, optimizer, tensors, batch_size: int, log_interval: int) -> float:
     start = clock()
     model.train()
     loss_sum, count = torch.zeros(()), 0
     length = -(-len(tensors[0]) // batch_size)
-    order = torch.randperm(len(tensors[0]), generator=torch.Generator().manual_seed(seed))
+    # The order the runner's sampler gives its pass (seed 0, epoch 0): every loop does the same arithmetic.
+    order = torch.randperm(len(tensors[0]), generator=torch.Generator().manual_seed(0))
     for iteration, index in enumerate(order.split(batch_size)):
         input, target = tensors[0][index], tensors[1][index]
         pred = model(input)
@@ -115,13 +119,17 @@ DEVNULL = open("/dev/null", "w")  # noqa: SIM115 - the log lines must be formatt
 
 
 def count_item_calls_on_quiet_steps(runner: BenchRunner) -> int:
-    """`Tensor.item` calls (host synchronisations on an accelerator) during steps that do not log."""
+    """`Tensor.item` calls on accelerator tensors (each a host synchronisation) during steps that do not log.
+
+    Reading a CPU tensor waits for nothing, and the runner reads a CPU loss at once (into its float64 sum), so on a
+    CPU run this is 0 whatever the loop does: it tells something on a GPU.
+    """
     calls = 0
     original = torch.Tensor.item
 
     def counting_item(self):
         nonlocal calls
-        calls += 1
+        calls += not self.is_cpu
         return original(self)
 
     loader = runner.dataloaders.train
@@ -166,7 +174,6 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: s
 
     criterion = nn.CrossEntropyLoss()
     per_sample, batch_indexing = hand_instances(), hand_instances()
-    epochs = itertools.count()
 
     def hand_written() -> float:
         model, optimizer, data = next(per_sample)
@@ -175,7 +182,7 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: s
 
     def hand_written_batch_indexing() -> float:
         model, optimizer, data = next(batch_indexing)
-        return batch_indexing_epoch(model, criterion, optimizer, data.tensors, batch_size, log_interval, next(epochs))
+        return batch_indexing_epoch(model, criterion, optimizer, data.tensors, batch_size, log_interval)
 
     contestants = {
         "runner": lambda: runner_epoch(next(runners[True, True])),
@@ -186,17 +193,23 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: s
     }
     times: dict[str, list[float]] = {contestant: [] for contestant in contestants}
     order = list(contestants)
+    shuffler = random.Random(0)
     # All write their log lines to /dev/null: the comparison is of the loops, not of the terminal.
     with contextlib.redirect_stdout(DEVNULL):
         for run in contestants.values():  # warm-up
             run()
-        for repeat in range(repeats):
-            # Rotated, so no contestant always runs first (or right after the same other) in a repeat.
-            for contestant in order[repeat % len(order) :] + order[: repeat % len(order)]:
+        for _ in range(repeats):
+            # A fresh order every repeat (seeded): rotating one order would have each contestant run right after
+            # the same other in almost every repeat, and what runs just before a loop (a per-sample loop's many small
+            # allocations, say) was seen to shift its time by several percent.
+            shuffler.shuffle(order)
+            for contestant in order:
                 times[contestant].append(contestants[contestant]())
     medians = {contestant: statistics.median(values) for contestant, values in times.items()}
     quiet_items = count_item_calls_on_quiet_steps(runner)
-    print(f"{name} (log every {log_interval} steps; Tensor.item calls on 5 non-logging steps: {quiet_items})")
+    device = runner.device.type
+    waits = f"host waits on 5 non-logging steps: {quiet_items}" if device != "cpu" else "no device to wait for"
+    print(f"{name} on {device} (log every {log_interval} steps; {waits})")
     for contestant, median in medians.items():
         print(f"  {contestant:28s} {median * 1e6:8.1f} us/step")
     ratios = [

@@ -134,8 +134,9 @@ class EvaluationLoop(RunnerParts):
             meter = dict.get(meters, "loss") if type(meters) is AverageMeters else None
             if type(meter) is AverageMeter and type(loss) is torch.Tensor and loss.numel() == 1:
                 # What `meters.update` does for this one meter, without building and checking a mapping of
-                # updates: it runs at every step, and costs as much as the hand-written loop's own sum.
-                meter._add(loss, samples)
+                # updates: it runs at every step, and costs as much as the hand-written loop's own sum. A CPU loss
+                # is read at once (nothing to wait for): a float joins the float64 sum without a tensor op.
+                meter._add(loss.item() if loss.is_cpu else loss, samples)
             else:
                 meters.update(loss=(loss.detach(), samples))
         metrics = self.current_metrics
