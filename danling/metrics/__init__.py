@@ -19,12 +19,18 @@ Examples:
     1.0
 """
 
-from . import functional
-from .average_meter import AverageMeter, AverageMeters, MultiTaskAverageMeters
-from .factory import binary_metrics, multiclass_metrics, multilabel_metrics, regression_metrics
-from .functional import accuracy, auprc, auroc, f1_score, mcc, pearson, r2_score, rmse, spearman
-from .metric_meter import MetricMeter, MetricMeters, MultiTaskMetricMeters
-from .metrics import Metrics, MultiTaskMetrics
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import functional
+    from .average_meter import AverageMeter, AverageMeters, MultiTaskAverageMeters
+    from .factory import binary_metrics, multiclass_metrics, multilabel_metrics, regression_metrics
+    from .functional import accuracy, auprc, auroc, f1_score, mcc, pearson, r2_score, rmse, spearman
+    from .metric_meter import MetricMeter, MetricMeters, MultiTaskMetricMeters
+    from .metrics import Metrics, MultiTaskMetrics
 
 __all__ = [
     "AverageMeter",
@@ -50,3 +56,31 @@ __all__ = [
     "rmse",
     "spearman",
 ]
+
+# Each public name, and the module it comes from: loaded when first used, so a run that only averages its loss
+# never loads the metric functions (the runner's own meters come from `average_meter`).
+_SOURCES = {
+    **dict.fromkeys(("AverageMeter", "AverageMeters", "MultiTaskAverageMeters"), ".average_meter"),
+    **dict.fromkeys(("binary_metrics", "multiclass_metrics", "multilabel_metrics", "regression_metrics"), ".factory"),
+    **dict.fromkeys(
+        ("accuracy", "auprc", "auroc", "f1_score", "mcc", "pearson", "r2_score", "rmse", "spearman"), ".functional"
+    ),
+    **dict.fromkeys(("MetricMeter", "MetricMeters", "MultiTaskMetricMeters"), ".metric_meter"),
+    **dict.fromkeys(("Metrics", "MultiTaskMetrics"), ".metrics"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562) and keep it, so later look-ups are plain attribute reads."""
+    if name == "functional":
+        value = import_module(".functional", __name__)
+    elif name in _SOURCES:
+        value = getattr(import_module(_SOURCES[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

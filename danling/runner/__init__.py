@@ -18,13 +18,19 @@ Constructing a runner (`RunnerMeta.__call__`) runs, in order:
    DDP wrapping.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from ..utils.decorators import on_local_main_process, on_main_process
 from .base_runner import BaseRunner
 from .config import Config
-from .fsdp_runner import FSDPRunner
 from .meta import RunnerMeta, RunnerMode
 from .runner import Runner
 from .torch_runner import TorchRunner
+
+if TYPE_CHECKING:
+    from .fsdp_runner import FSDPRunner
 
 __all__ = [
     "BaseRunner",
@@ -37,3 +43,16 @@ __all__ = [
     "on_local_main_process",
     "on_main_process",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # FSDP's runner (and Distributed Checkpoint with it) loads when first named: most runs never need it.
+    if name == "FSDPRunner":
+        from .fsdp_runner import FSDPRunner
+
+        return FSDPRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -11,7 +11,7 @@ from warnings import warn
 
 from chanfig import FlatDict, NestedDict, Variable
 
-from ..metrics import AverageMeters
+from ..metrics.average_meter import AverageMeters
 from ..utils.basex import get_time_str
 from ..utils.io import CorruptFileError
 from ..utils.seed import MAX_SEED, seed_everything, validate_seed

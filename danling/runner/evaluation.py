@@ -10,7 +10,6 @@ import torch
 from chanfig import NestedDict
 from torch import nn
 
-from ..metrics import Metrics, MultiTaskMetrics
 from ..metrics.average_meter import AverageMeter, AverageMeters
 from ..utils import distributed as du
 from .batching import BatchFetch, keep_batch
@@ -150,6 +149,7 @@ class EvaluationLoop(RunnerParts):
         Evaluation logs local values only: processes may evaluate different numbers of batches, so a collective
         there could hang.
         """
+        from ..metrics.metrics import Metrics, MultiTaskMetrics
         from .results import merge_metric_result
 
         training = self._mode is RunnerMode.train

@@ -10,7 +10,6 @@ from functools import cache
 from typing import Any
 
 from ..runs import CHECKPOINT_EXTENSIONS
-from .fsdp_runner import FSDPRunner
 from .torch_runner import TorchRunner
 
 __all__ = ["PLATFORM_RUNNERS", "Runner"]
@@ -110,6 +109,8 @@ def checkpoint_platform(path: str) -> str | None:
             return platform
     if not os.path.isdir(path):
         return None
+    from .fsdp_runner import FSDPRunner  # FSDP's modules load only for a run that asks for them
+
     if FSDPRunner.is_checkpoint(path):
         return "fsdp"
     if glob.glob(os.path.join(path, "*model_states.pt")):

@@ -82,3 +82,28 @@ def test_star_import_gives_every_public_name():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+def test_touching_the_runner_loads_neither_fsdp_nor_the_metric_functions():
+    completed = run_python(
+        "import sys\n"
+        "import danling as dl\n"
+        "dl.Runner, dl.TorchRunner, dl.Config\n"
+        "names = ('danling.runner.fsdp_runner', 'danling.runner.dcp', 'danling.metrics.functional',"
+        " 'danling.metrics.metrics', 'torch.distributed.checkpoint')\n"
+        "print(*[name for name in names if name in sys.modules])\n"
+        "dl.runner.FSDPRunner, dl.metrics.Metrics, dl.metrics.auroc\n"
+        "print(*[name for name in names[:4] if name not in sys.modules])\n"
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == ["", ""]
+
+
+@pytest.mark.parametrize("package", ["danling.metrics", "danling.runner"])
+def test_every_name_a_subpackage_lists_resolves(package):
+    module = __import__(package, fromlist=["__all__"])
+    for name in module.__all__:
+        assert getattr(module, name) is not None, name
+    assert set(module.__all__) <= set(dir(module))
+    with pytest.raises(AttributeError, match=f"module '{package}' has no attribute 'Nothing'"):
+        module.Nothing
