@@ -1,9 +1,12 @@
 """Per-step cost of `TorchRunner` against hand-written PyTorch loops with the same features.
 
-All train the same model on the same in-memory data (a `TensorDataset`), with the same optimizer, the same
-sample-weighted epoch loss and a log line every `log_interval` steps. They start from the same weights and take the
-samples in the same order, so they do the same arithmetic step for step (their weights stay bit-identical): a
-loop whose weights wandered into slow subnormal numbers, say, would otherwise be timed on other work.
+All train an MLP on in-memory data (a `TensorDataset`), with the same optimizer, the same sample-weighted epoch
+loss and a log line every `log_interval` steps. They take turns on the very same objects: a set of model, optimizer
+and data (one of `--instances` sets, a set per repeat in turn) is trained one epoch by each contestant, in a freshly
+shuffled order. Identical sets were seen to differ by up to 10% in time per step (where their memory landed, most
+likely), more than the differences measured here; on one set, that luck is the same for every contestant and
+cancels in the ratios. Every contestant takes the samples in the same order (the runner's sampler's), so each does
+the same arithmetic as the others would on the same weights.
 
 - runner: `TorchRunner`, which fetches this dataset a batch at a time (`config.fetch_batches`, the default);
 - runner per-sample: `TorchRunner` with `fetch_batches=False`, one `__getitem__` per sample and a collate;
@@ -11,10 +14,10 @@ loop whose weights wandered into slow subnormal numbers, say, would otherwise be
 - hand-written batch-indexing: a permutation split into batches, each fetched as `tensor[indices]`, no
   `DataLoader`: the floor for in-memory data.
 
-Epochs are interleaved (each repeat runs every contestant once, in a freshly shuffled order) in one process so that
-drift in machine load hits all alike; the figures are ratios of median time per step.
+Repeats run in one process so that drift in machine load hits all alike; the figures are ratios of median time
+per step.
 
-    python benchmarks/step_overhead.py [--repeats 7] [--threads 1] [--clock wall|cpu] [--case all|tiny|compute]
+    python benchmarks/step_overhead.py [--repeats 7] [--instances 4] [--threads 1] [--clock wall|cpu] [--case ...]
 """
 
 from __future__ import annotations
@@ -55,13 +58,16 @@ def dataset(sizes: tuple[int, ...], samples: int) -> TensorDataset:
     )
 
 
+# The sets of model, optimizer and data the contestants take turns on; `BenchRunner` trains the set its
+# `config.instance` names.
+PARTS: list[tuple[nn.Module, torch.optim.Optimizer, TensorDataset]] = []
+
+
 class BenchRunner(dl.TorchRunner):
     def __init__(self, config):
         super().__init__(config)
-        self.model = mlp(tuple(self.config.sizes))
+        self.model, self.optimizer, self.datasets.train = PARTS[self.config.instance]
         self.criterion = nn.CrossEntropyLoss()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01)
-        self.datasets.train = dataset(tuple(self.config.sizes), self.config.batch_size * self.config.batches)
 
 
 def runner_epoch(runner: BenchRunner) -> float:
@@ -143,51 +149,38 @@ def count_item_calls_on_quiet_steps(runner: BenchRunner) -> int:
     return calls
 
 
-def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: str) -> None:
+def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, instances: int, root: str) -> None:
+    PARTS.clear()
+    for _ in range(instances):
+        torch.manual_seed(0)
+        model = mlp(sizes)
+        PARTS.append((model, torch.optim.SGD(model.parameters(), lr=0.01), dataset(sizes, batch_size * batches)))
     runners: dict = {}
-    # Two instances of each runner, used in turn: two runners with the same config were seen to differ by up to 5%
-    # in time per step (where their tensors landed in memory), more than the differences measured here.
     for fetch_batches, throughput in ((True, True), (False, True), (True, False)):
-        instances = []
-        for _ in range(2):
+        runners[fetch_batches, throughput] = []
+        for instance in range(instances):
             config = dl.Config(seed=0, log=False, progress=False, save_checkpoints=False, epoch_end=1)
-            config.project_root = root
-            config.sizes, config.batch_size, config.batches = list(sizes), batch_size, batches
+            config.project_root, config.instance = root, instance
             config.dataloader.batch_size = batch_size
             config.fetch_batches, config.throughput = fetch_batches, throughput
-            instances.append(BenchRunner(config))
-        runners[fetch_batches, throughput] = itertools.cycle(instances)
-        if fetch_batches and throughput:
-            runner = instances[0]
+            runners[fetch_batches, throughput].append(BenchRunner(config))
+    runner = runners[True, True][0]
     log_interval = runner.config.log_interval
-
-    # The hand-written loops get two instances each too (model, optimizer and a copy of the data), for the same
-    # reason: otherwise the luck of one instance's memory layout is theirs for the whole run.
-    def hand_instances() -> itertools.cycle:
-        instances = []
-        for _ in range(2):
-            torch.manual_seed(0)
-            model = mlp(sizes)
-            data = TensorDataset(*(tensor.clone() for tensor in runner.datasets.train.tensors))
-            instances.append((model, torch.optim.SGD(model.parameters(), lr=0.01), data))
-        return itertools.cycle(instances)
-
     criterion = nn.CrossEntropyLoss()
-    per_sample, batch_indexing = hand_instances(), hand_instances()
 
-    def hand_written() -> float:
-        model, optimizer, data = next(per_sample)
+    def hand_written(instance: int) -> float:
+        model, optimizer, data = PARTS[instance]
         loader = DataLoader(data, batch_size=batch_size, sampler=TrainingSampler(len(data)))
         return hand_written_epoch(model, criterion, optimizer, loader, log_interval)
 
-    def hand_written_batch_indexing() -> float:
-        model, optimizer, data = next(batch_indexing)
+    def hand_written_batch_indexing(instance: int) -> float:
+        model, optimizer, data = PARTS[instance]
         return batch_indexing_epoch(model, criterion, optimizer, data.tensors, batch_size, log_interval)
 
     contestants = {
-        "runner": lambda: runner_epoch(next(runners[True, True])),
-        "runner per-sample": lambda: runner_epoch(next(runners[False, True])),
-        "runner without throughput": lambda: runner_epoch(next(runners[True, False])),
+        "runner": lambda instance: runner_epoch(runners[True, True][instance]),
+        "runner per-sample": lambda instance: runner_epoch(runners[False, True][instance]),
+        "runner without throughput": lambda instance: runner_epoch(runners[True, False][instance]),
         "hand-written": hand_written,
         "hand-written batch-indexing": hand_written_batch_indexing,
     }
@@ -197,14 +190,14 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: s
     # All write their log lines to /dev/null: the comparison is of the loops, not of the terminal.
     with contextlib.redirect_stdout(DEVNULL):
         for run in contestants.values():  # warm-up
-            run()
-        for _ in range(repeats):
+            run(0)
+        for repeat in range(repeats):
             # A fresh order every repeat (seeded): rotating one order would have each contestant run right after
             # the same other in almost every repeat, and what runs just before a loop (a per-sample loop's many small
             # allocations, say) was seen to shift its time by several percent.
             shuffler.shuffle(order)
             for contestant in order:
-                times[contestant].append(contestants[contestant]())
+                times[contestant].append(contestants[contestant](repeat % instances))
     medians = {contestant: statistics.median(values) for contestant, values in times.items()}
     quiet_items = count_item_calls_on_quiet_steps(runner)
     device = runner.device.type
@@ -220,9 +213,13 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, root: s
     ]
     # Issue 20's targets are for the framework-bound case; with a compute-bound step every ratio tends to 1.
     framework_bound = name.startswith("tiny")
+    print(f"  {'ratio':38s} {'medians':>8s} {'paired':>8s}")
     for label, numerator, denominator, target in ratios:
         goal = f" (target <= {target:.2f})" if framework_bound and target is not None else ""
-        print(f"  {label:38s} {medians[numerator] / medians[denominator]:.3f}{goal}")
+        # Paired: the median of the ratios within each repeat (the same set, moments apart), which drift in the
+        # machine's speed from one repeat to the next does not reach.
+        paired = statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
+        print(f"  {label:38s} {medians[numerator] / medians[denominator]:8.3f} {paired:8.3f}{goal}")
 
 
 def main() -> None:
@@ -231,6 +228,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 makes timings steadier)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time, on a busy machine")
     parser.add_argument("--case", choices=("all", "tiny", "compute"), default="all", help="which case(s) to run")
+    parser.add_argument("--instances", type=int, default=4, help="instances of each loop, used in turn")
     args = parser.parse_args()
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -238,7 +236,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         for name, case in CASES.items():
             if args.case == "all" or name.startswith(args.case):
-                bench(name, repeats=args.repeats, root=root, **case)
+                bench(name, repeats=args.repeats, instances=args.instances, root=root, **case)
     restore_print()
 
 
