@@ -9,9 +9,9 @@ The names below are imported when first used (`dl.TorchRunner` imports the runne
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -60,9 +60,9 @@ __all__ = [
     "utils",
 ]
 
-_SUBPACKAGES = ("metrics", "optim", "runner", "utils")
-# Each public name, and the module (relative to this package) it comes from.
+# Each public name, and the module (relative to this package) it comes from; a subpackage comes from itself.
 _SOURCES = {
+    **{name: f".{name}" for name in ("metrics", "optim", "runner", "utils")},
     **dict.fromkeys(
         (
             "AverageMeter",
@@ -84,18 +84,4 @@ _SOURCES = {
     "debug": ".utils.contextmanagers",
 }
 
-
-def __getattr__(name: str) -> Any:
-    """Import a public name on first use (PEP 562) and keep it, so later look-ups are plain attribute reads."""
-    if name in _SUBPACKAGES:
-        value = import_module(f".{name}", __name__)
-    elif name in _SOURCES:
-        value = getattr(import_module(_SOURCES[name], __name__), name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES)

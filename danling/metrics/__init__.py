@@ -21,8 +21,9 @@ Examples:
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from . import functional
@@ -67,20 +68,8 @@ _SOURCES = {
     ),
     **dict.fromkeys(("MetricMeter", "MetricMeters", "MultiTaskMetricMeters"), ".metric_meter"),
     **dict.fromkeys(("Metrics", "MultiTaskMetrics"), ".metrics"),
+    "functional": ".functional",
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name on first use (PEP 562) and keep it, so later look-ups are plain attribute reads."""
-    if name == "functional":
-        value = import_module(".functional", __name__)
-    elif name in _SOURCES:
-        value = getattr(import_module(_SOURCES[name], __name__), name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES)

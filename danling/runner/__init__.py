@@ -20,8 +20,9 @@ Constructing a runner (`RunnerMeta.__call__`) runs, in order:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 from ..utils.decorators import on_local_main_process, on_main_process
 from .base_runner import BaseRunner
 from .config import Config
@@ -45,14 +46,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # FSDP's runner (and Distributed Checkpoint with it) loads when first named: most runs never need it.
-    if name == "FSDPRunner":
-        from .fsdp_runner import FSDPRunner
-
-        return FSDPRunner
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+# FSDP's runner (and Distributed Checkpoint with it) loads when first named: most runs never need it.
+__getattr__, __dir__ = lazy_exports(__name__, {"FSDPRunner": ".fsdp_runner"})
