@@ -180,3 +180,22 @@ def test_accelerate_trains_in_bf16_on_one_gpu(tmp_path, distributed_runner):
     report = scenario(distributed_runner, tmp_path, "accelerate-bf16")
     assert report["device"].startswith("cuda")
     assert report["loss_fell"], report
+
+
+def test_training_steps_never_wait_for_the_gpu_and_the_loss_is_averaged_on_it(tmp_path):
+    # On the CPU the runner reads its loss at once (nothing to wait for); on a GPU it must stay a tensor until read.
+    runner = ClassificationRunner(cuda_config(tmp_path, epoch_end=1))
+    runner.mode = dl.runner.RunnerMode.train
+    batches = [runner.unpack_batch(batch) for batch in runner.dataloaders.train][:5]
+    torch.cuda.synchronize()
+    losses = []
+    torch.cuda.set_sync_debug_mode("error")  # any call that makes the host wait for the device raises
+    try:
+        for input, target in batches:
+            losses.append(runner.train_step((input, target)).detach())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    meter = dict.get(runner.meters, "loss")
+    assert isinstance(meter._sum, torch.Tensor) and meter._sum.device == runner.device
+    expected = sum(loss.double().item() * len(target) for loss, (_, target) in zip(losses, batches))
+    assert meter.sum == pytest.approx(expected, rel=1e-12)
