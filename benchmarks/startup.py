@@ -33,13 +33,17 @@ COMMANDS = {
 }
 
 
-def timed(code: str, clock: str) -> float:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
+def child_env() -> dict[str, str]:
     # Bytecode caches written and read, as for an installed package (pip compiles them): with
     # PYTHONDONTWRITEBYTECODE set (as on some CI machines), every start would compile danling's source anew.
     env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run([sys.executable, "-c", code], check=True, env={**env, "PYTHONWARNINGS": "ignore"})
+    return {**env, "PYTHONWARNINGS": "ignore"}
+
+
+def timed(code: str, clock: str) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, env=child_env())
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -62,12 +66,10 @@ print(torch_done - start, chanfig_done - torch_done, danling_done - chanfig_done
 
 
 def paired(repeats: int) -> list[tuple[float, float, float]]:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     runs = []
     for _ in range(repeats + 1):  # the first warms the caches and is dropped
-        output = subprocess.run(
-            [sys.executable, "-c", PAIRED], check=True, capture_output=True, text=True, env=env
-        ).stdout
+        command = [sys.executable, "-c", PAIRED]
+        output = subprocess.run(command, check=True, capture_output=True, text=True, env=child_env()).stdout
         torch, chanfig, danling = map(float, output.split())
         runs.append((torch, chanfig, danling))
     return runs[1:]

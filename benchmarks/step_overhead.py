@@ -14,8 +14,9 @@ the same arithmetic as the others would on the same weights.
 - hand-written batch-indexing: a permutation split into batches, each fetched as `tensor[indices]`, no
   `DataLoader`: the floor for in-memory data.
 
-Repeats run in one process so that drift in machine load hits all alike; the figures are ratios of median time
-per step.
+Repeats run in one process so that drift in machine load hits all alike. Each ratio is given twice: of the
+contestants' median times per step, and paired (the median of the ratios within each repeat, which drift from one
+repeat to the next does not reach).
 
     python benchmarks/step_overhead.py [--repeats 7] [--instances 4] [--threads 1] [--clock wall|cpu] [--case ...]
 """
@@ -29,6 +30,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -177,10 +179,13 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, instanc
         model, optimizer, data = PARTS[instance]
         return batch_indexing_epoch(model, criterion, optimizer, data.tensors, batch_size, log_interval)
 
+    def runner_variant(fetch_batches: bool, throughput: bool) -> Callable[[int], float]:
+        return lambda instance: runner_epoch(runners[fetch_batches, throughput][instance])
+
     contestants = {
-        "runner": lambda instance: runner_epoch(runners[True, True][instance]),
-        "runner per-sample": lambda instance: runner_epoch(runners[False, True][instance]),
-        "runner without throughput": lambda instance: runner_epoch(runners[True, False][instance]),
+        "runner": runner_variant(True, True),
+        "runner per-sample": runner_variant(False, True),
+        "runner without throughput": runner_variant(True, False),
         "hand-written": hand_written,
         "hand-written batch-indexing": hand_written_batch_indexing,
     }
@@ -189,8 +194,10 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, instanc
     shuffler = random.Random(0)
     # All write their log lines to /dev/null: the comparison is of the loops, not of the terminal.
     with contextlib.redirect_stdout(DEVNULL):
-        for run in contestants.values():  # warm-up
-            run(0)
+        # Warm-up: every contestant on every set, so no first pass (a runner's first batch, say) is timed.
+        for instance in range(instances):
+            for run in contestants.values():
+                run(instance)
         for repeat in range(repeats):
             # A fresh order every repeat (seeded): rotating one order would have each contestant run right after
             # the same other in almost every repeat, and what runs just before a loop (a per-sample loop's many small
@@ -216,8 +223,6 @@ def bench(name: str, sizes, batch_size: int, batches: int, repeats: int, instanc
     print(f"  {'ratio':38s} {'medians':>8s} {'paired':>8s}")
     for label, numerator, denominator, target in ratios:
         goal = f" (target <= {target:.2f})" if framework_bound and target is not None else ""
-        # Paired: the median of the ratios within each repeat (the same set, moments apart), which drift in the
-        # machine's speed from one repeat to the next does not reach.
         paired = statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
         print(f"  {label:38s} {medians[numerator] / medians[denominator]:8.3f} {paired:8.3f}{goal}")
 
@@ -228,7 +233,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 makes timings steadier)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time, on a busy machine")
     parser.add_argument("--case", choices=("all", "tiny", "compute"), default="all", help="which case(s) to run")
-    parser.add_argument("--instances", type=int, default=4, help="instances of each loop, used in turn")
+    parser.add_argument("--instances", type=int, default=4, help="sets of model, optimizer and data, used in turn")
     args = parser.parse_args()
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
